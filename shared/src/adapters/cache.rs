@@ -1,0 +1,205 @@
+//! Valkey/Redis adapter for [`Cache`]: UNLINK in one pipelined round trip per batch on a
+//! single node; in cluster mode keys are grouped by hash slot (a multi-key command whose
+//! keys span slots is rejected with CROSSSLOT) and the per-slot commands run concurrently.
+//!
+//! The connection is opened on first use, never at init, and dropped after an error so the
+//! next batch reconnects (and re-authenticates).
+
+use futures::future::BoxFuture;
+use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
+use tokio::sync::Mutex;
+
+use crate::ports::Cache;
+
+/// Keys per UNLINK command: bounded so one command never blocks the server for long.
+const KEYS_PER_COMMAND: usize = 512;
+
+/// How to reach the cache, from the function's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// `redis://host:port` or `rediss://host:port` (TLS). No credentials in the URL.
+    pub url: String,
+    pub cluster: bool,
+    /// PEM root certificate(s) to trust instead of the system roots (private CAs, tests).
+    pub ca_pem: Option<Vec<u8>>,
+    pub username: Option<String>,
+    /// Resolved at first connection by the caller (e.g. from a secret), never from a plain
+    /// environment variable.
+    pub password: Option<String>,
+}
+
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+pub struct RedisCache {
+    settings: CacheSettings,
+    conn: Mutex<Option<Conn>>,
+}
+
+impl std::fmt::Debug for RedisCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCache").field("url", &self.settings.url).field("cluster", &self.settings.cluster).finish()
+    }
+}
+
+impl RedisCache {
+    /// No network I/O here.
+    pub fn new(settings: CacheSettings) -> Self {
+        Self { settings, conn: Mutex::new(None) }
+    }
+
+    async fn connect(&self) -> Result<Conn, String> {
+        let s = &self.settings;
+        let mut info = redis::IntoConnectionInfo::into_connection_info(s.url.as_str()).map_err(|e| format!("cache url: {e}"))?;
+        let mut redis_settings = info.redis_settings().clone();
+        if let Some(u) = &s.username {
+            redis_settings = redis_settings.set_username(u);
+        }
+        if let Some(p) = &s.password {
+            redis_settings = redis_settings.set_password(p);
+        }
+        info = info.set_redis_settings(redis_settings);
+        let certs = || redis::TlsCertificates { client_tls: None, root_cert: s.ca_pem.clone() };
+        if s.cluster {
+            let mut b = redis::cluster::ClusterClientBuilder::new(vec![info.clone()]);
+            if let Some(u) = &s.username {
+                b = b.username(u.clone());
+            }
+            if let Some(p) = &s.password {
+                b = b.password(p.clone());
+            }
+            if s.ca_pem.is_some() {
+                b = b.certs(certs());
+            }
+            let client = b.build().map_err(|e| format!("cache cluster client: {e}"))?;
+            let c = client.get_async_connection().await.map_err(|e| format!("cache cluster connect: {e}"))?;
+            Ok(Conn::Cluster(c))
+        } else {
+            let client = if s.ca_pem.is_some() {
+                redis::Client::build_with_tls(info, certs())
+            } else {
+                redis::Client::open(info)
+            }
+            .map_err(|e| format!("cache client: {e}"))?;
+            let c = client.get_multiplexed_async_connection().await.map_err(|e| format!("cache connect: {e}"))?;
+            Ok(Conn::Single(c))
+        }
+    }
+
+    async fn unlink_all(&self, keys: &[String]) -> Result<u64, String> {
+        let mut guard = self.conn.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.connect().await?);
+        }
+        let result = match guard.as_mut() {
+            Some(Conn::Single(c)) => {
+                let mut pipe = redis::pipe();
+                for chunk in keys.chunks(KEYS_PER_COMMAND) {
+                    pipe.cmd("UNLINK").arg(chunk);
+                }
+                pipe.query_async::<Vec<u64>>(c).await.map(|v| v.into_iter().sum()).map_err(|e| format!("UNLINK: {e}"))
+            }
+            Some(Conn::Cluster(c)) => {
+                let groups = group_by_slot(keys);
+                let futures = groups.into_iter().flat_map(|(_, ks)| {
+                    ks.chunks(KEYS_PER_COMMAND)
+                        .map(|chunk| {
+                            let mut c = c.clone();
+                            let chunk: Vec<&str> = chunk.to_vec();
+                            async move { redis::cmd("UNLINK").arg(&chunk).query_async::<u64>(&mut c).await }
+                        })
+                        .collect::<Vec<_>>()
+                });
+                let results = futures::future::join_all(futures).await;
+                let mut total = 0;
+                let mut err = None;
+                for r in results {
+                    match r {
+                        Ok(n) => total += n,
+                        Err(e) => err = Some(format!("UNLINK: {e}")),
+                    }
+                }
+                err.map_or(Ok(total), Err)
+            }
+            None => Err("no cache connection".to_owned()),
+        };
+        if result.is_err() {
+            *guard = None; // reconnect next time
+        }
+        result
+    }
+}
+
+impl Cache for RedisCache {
+    fn unlink<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, String>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            self.unlink_all(keys).await
+        })
+    }
+}
+
+/// Redis cluster hash slot of a key (CRC16/XMODEM mod 16384, honouring `{hash tags}`).
+pub fn slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| key[open + 1..].iter().position(|&b| b == b'}').filter(|&len| len > 0).map(|len| &key[open + 1..open + 1 + len]));
+    crc16(tagged.unwrap_or(key)) % 16384
+}
+
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc
+}
+
+/// Keys grouped by slot, in first-seen order.
+pub fn group_by_slot(keys: &[String]) -> Vec<(u16, Vec<&str>)> {
+    let mut groups: Vec<(u16, Vec<&str>)> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for k in keys {
+        let s = slot(k.as_bytes());
+        let i = *index.entry(s).or_insert_with(|| {
+            groups.push((s, Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].1.push(k.as_str());
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_the_redis_specification() {
+        // Reference values from the Redis cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
+        assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
+        assert_eq!(slot(b"{}x"), crc16(b"{}x") % 16384);
+    }
+
+    #[test]
+    fn grouping_keeps_every_key_once() {
+        let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+        let groups = group_by_slot(&keys);
+        assert_eq!(groups.iter().map(|(_, k)| k.len()).sum::<usize>(), 100);
+        for (s, ks) in &groups {
+            assert!(ks.iter().all(|k| slot(k.as_bytes()) == *s));
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! cache-invalidator: SQS (SNS-wrapped or raw) invalidation messages → UNLINK in the
+//! regional cache, one round trip per batch.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::ddb::split_batch;
+use crate::message::Invalidation;
+use crate::metrics::{Dim, Metric, Metrics};
+use crate::pipeline::{self, Context, Decoded, Stage};
+use crate::ports::{Cache, DeadLetter};
+use crate::sqs::{SqsRecord, unwrap_sns};
+
+pub const FUNCTION: &str = "cache-invalidator";
+
+pub struct Invalidator {
+    pub namespace: String,
+    pub cache: Arc<dyn Cache>,
+    pub dead_letter: Arc<dyn DeadLetter>,
+}
+
+impl std::fmt::Debug for Invalidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Invalidator")
+    }
+}
+
+/// Collects every key of the batch (deduplicated), deletes them in one call, and fails
+/// every message of the batch if the cache call fails (deletes are idempotent).
+struct CacheStage<'a> {
+    cache: &'a dyn Cache,
+    keys: Vec<String>,
+    seen: std::collections::HashSet<String>,
+    records: Vec<(usize, u64)>,
+}
+
+impl Stage<Invalidation> for CacheStage<'_> {
+    fn name(&self) -> &'static str {
+        "cache"
+    }
+
+    fn observe(&mut self, index: usize, m: &Invalidation) -> Result<(), String> {
+        for k in &m.keys {
+            if self.seen.insert(k.clone()) {
+                self.keys.push(k.clone());
+            }
+        }
+        self.records.push((index, m.changed_at_ms));
+        Ok(())
+    }
+
+    fn flush<'s>(&'s mut self, metrics: &'s mut Metrics) -> BoxFuture<'s, Vec<(usize, String)>> {
+        Box::pin(async move {
+            let f = [(Dim::Function, FUNCTION)];
+            match self.cache.unlink(&self.keys).await {
+                Ok(existed) => {
+                    let now = crate::now_ms();
+                    metrics.put(Metric::KeysInvalidated, &f, self.keys.len() as f64);
+                    for (_, changed_at) in &self.records {
+                        if *changed_at > 0 {
+                            metrics.put(Metric::InvalidationAge, &f, now.saturating_sub(*changed_at) as f64);
+                        }
+                    }
+                    tracing::info!(keys = self.keys.len(), existed, messages = self.records.len(), "keys invalidated");
+                    Vec::new()
+                }
+                Err(e) => {
+                    metrics.put(Metric::CacheFailures, &f, 1.0);
+                    tracing::warn!(error = %e, keys = self.keys.len(), "cache unavailable; messages will be retried");
+                    self.records.iter().map(|(i, _)| (*i, e.clone())).collect()
+                }
+            }
+        })
+    }
+}
+
+impl Invalidator {
+    pub async fn handle(&self, event: &str) -> Result<Vec<String>, String> {
+        let raws = split_batch(event).map_err(|e| e.0)?;
+        let mut metrics = Metrics::new(&self.namespace);
+        let mut stage = CacheStage {
+            cache: self.cache.as_ref(),
+            keys: Vec::new(),
+            seen: Default::default(),
+            records: Vec::new(),
+        };
+        let decode = pipeline::decoder(|raw| {
+            let msg = match SqsRecord::decode(raw) {
+                Ok(m) => m,
+                Err(e) => return Decoded::Reject { id: SqsRecord::salvage_id(raw), reason: e.0 },
+            };
+            let id = msg.message_id.to_string();
+            match Invalidation::decode(&unwrap_sns(&msg.body)) {
+                Ok(m) => Decoded::Ok { id, change: m },
+                Err(e) => Decoded::Reject { id: Some(id), reason: e.0 },
+            }
+        });
+        let ctx = Context { function: FUNCTION, source: "invalidations" };
+        let report = pipeline::run(ctx, &raws, decode, &mut [&mut stage], self.dead_letter.as_ref(), &mut metrics).await;
+        metrics.flush_stdout();
+        report.failed_ids()
+    }
+}
+
+impl Invalidator {
+    /// Init: settings and clients, no network calls (the cache connects on first use).
+    ///
+    /// `TIDEMARK_CACHE_URL` (`redis://` or `rediss://` for TLS), `TIDEMARK_CACHE_CLUSTER`,
+    /// `TIDEMARK_CACHE_CA_FILE` (optional PEM roots), `TIDEMARK_CACHE_USERNAME`,
+    /// `TIDEMARK_CACHE_PASSWORD_FILE` (a file, e.g. written by a secrets extension — never
+    /// the secret itself in an environment variable), `TIDEMARK_DEAD_LETTER_QUEUE_URL`.
+    pub async fn from_env() -> Result<Self, crate::settings::SettingsError> {
+        use crate::adapters::cache::{CacheSettings, RedisCache};
+        use crate::settings::{SettingsError, flag, optional, required};
+        let config = crate::settings::config()?;
+        let read = |var: &'static str, path: String| {
+            std::fs::read(&path).map_err(|e| SettingsError::Invalid { var, message: format!("cannot read {path}: {e}") })
+        };
+        let ca_pem = optional("TIDEMARK_CACHE_CA_FILE").map(|p| read("TIDEMARK_CACHE_CA_FILE", p)).transpose()?;
+        let password = optional("TIDEMARK_CACHE_PASSWORD_FILE")
+            .map(|p| read("TIDEMARK_CACHE_PASSWORD_FILE", p))
+            .transpose()?
+            .map(|b| String::from_utf8_lossy(&b).trim().to_owned());
+        let settings = CacheSettings {
+            url: required("TIDEMARK_CACHE_URL")?,
+            cluster: flag("TIDEMARK_CACHE_CLUSTER", false)?,
+            ca_pem,
+            username: optional("TIDEMARK_CACHE_USERNAME"),
+            password,
+        };
+        let sdk = crate::adapters::aws::sdk_config().await;
+        Ok(Self {
+            namespace: config.deployment.namespace.clone(),
+            cache: Arc::new(RedisCache::new(settings)),
+            dead_letter: super::sqs_dead_letter(&sdk)?,
+        })
+    }
+}

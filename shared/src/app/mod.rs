@@ -1,0 +1,54 @@
+//! One handler per function, wired from the pipeline, stages and ports. Each takes the raw
+//! event text (functions own the Lambda event and response types) and returns the ids to
+//! report as batch item failures, or an error that fails the whole invocation.
+
+pub mod canary;
+pub mod invalidator;
+pub mod object;
+pub mod stream;
+
+use std::sync::Arc;
+
+use crate::ports::{DeadLetter, Publish};
+
+/// Ports shared by the processors.
+#[derive(Clone)]
+pub struct Ports {
+    pub publisher: Arc<dyn Publish>,
+    pub dead_letter: Arc<dyn DeadLetter>,
+}
+
+impl std::fmt::Debug for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ports")
+    }
+}
+
+use crate::adapters::{aws, dead_letter, sns};
+use crate::settings::{self, SettingsError};
+
+/// Builds the publisher and an S3 dead-letter store from the environment:
+/// `TIDEMARK_INVALIDATION_TOPIC_ARN`, `TIDEMARK_DEAD_LETTER_BUCKET`.
+pub async fn stream_ports(sdk: &aws_config::SdkConfig) -> Result<Ports, SettingsError> {
+    let topic = settings::required("TIDEMARK_INVALIDATION_TOPIC_ARN")?;
+    let bucket = settings::required("TIDEMARK_DEAD_LETTER_BUCKET")?;
+    Ok(Ports {
+        publisher: Arc::new(sns::SnsPublisher::new(aws_sdk_sns::Client::new(sdk), topic)),
+        dead_letter: Arc::new(dead_letter::S3DeadLetter::new(aws::s3_client(sdk), bucket)),
+    })
+}
+
+/// Builds the publisher and an SQS dead-letter store from the environment:
+/// `TIDEMARK_INVALIDATION_TOPIC_ARN`, `TIDEMARK_DEAD_LETTER_QUEUE_URL`.
+pub async fn queue_ports(sdk: &aws_config::SdkConfig) -> Result<Ports, SettingsError> {
+    let topic = settings::required("TIDEMARK_INVALIDATION_TOPIC_ARN")?;
+    Ok(Ports {
+        publisher: Arc::new(sns::SnsPublisher::new(aws_sdk_sns::Client::new(sdk), topic)),
+        dead_letter: sqs_dead_letter(sdk)?,
+    })
+}
+
+pub fn sqs_dead_letter(sdk: &aws_config::SdkConfig) -> Result<Arc<dyn DeadLetter>, SettingsError> {
+    let url = settings::required("TIDEMARK_DEAD_LETTER_QUEUE_URL")?;
+    Ok(Arc::new(dead_letter::SqsDeadLetter::new(aws_sdk_sqs::Client::new(sdk), url)))
+}

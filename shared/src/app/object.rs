@@ -1,0 +1,74 @@
+//! object-processor: S3 object events (EventBridge rule → SQS, and S3 replication
+//! notifications → SQS) → invalidations (then lag audit and residency).
+
+use crate::config::Config;
+use crate::ddb::split_batch;
+use crate::invalidation::{InvalidationStage, ObjectEvent};
+use crate::metrics::Metrics;
+use crate::objects::ObjectMessage;
+use crate::pipeline::{self, Context, Decoded};
+use crate::sqs::SqsRecord;
+
+use super::Ports;
+
+pub const FUNCTION: &str = "object-processor";
+
+#[derive(Debug)]
+pub struct ObjectProcessor {
+    pub config: Config,
+    pub region: String,
+    pub ports: Ports,
+}
+
+impl ObjectProcessor {
+    /// Handles one SQS batch; `Ok` holds the message ids to report as failures.
+    pub async fn handle(&self, event: &str) -> Result<Vec<String>, String> {
+        let raws = split_batch(event).map_err(|e| e.0)?;
+        let mut metrics = Metrics::new(&self.config.deployment.namespace);
+        let mut invalidation = InvalidationStage::new(self.ports.publisher.as_ref(), FUNCTION, &self.region);
+        let config = &self.config;
+        let region = self.region.as_str();
+        let decode = pipeline::decoder(|raw| {
+            let msg = match SqsRecord::decode(raw) {
+                Ok(m) => m,
+                Err(e) => return Decoded::Reject { id: SqsRecord::salvage_id(raw), reason: e.0 },
+            };
+            let id = Some(msg.message_id.to_string());
+            let changes = match ObjectMessage::decode(&msg.body) {
+                Ok(ObjectMessage::TestEvent) => return Decoded::Skip { id, why: "s3:TestEvent" },
+                Ok(ObjectMessage::Changes(c)) => c,
+                Err(e) => return Decoded::Reject { id, reason: e.0 },
+            };
+            let Some(first) = changes.first() else {
+                return Decoded::Skip { id, why: "no records" };
+            };
+            let bucket_region = if first.region.is_empty() { region } else { first.region.as_str() };
+            let Some(bucket) = config.bucket_by_name(bucket_region, &first.bucket) else {
+                return Decoded::Reject { id, reason: format!("bucket `{}` is not in the configuration", first.bucket) };
+            };
+            if changes.iter().any(|c| c.bucket != first.bucket) {
+                return Decoded::Reject { id, reason: "one message names several buckets".into() };
+            }
+            Decoded::Ok {
+                id: msg.message_id.to_string(),
+                change: ObjectEvent { bucket, changes, heartbeat_prefix: &config.deployment.heartbeat_prefix },
+            }
+        });
+        let ctx = Context { function: FUNCTION, source: "s3" };
+        let report =
+            pipeline::run(ctx, &raws, decode, &mut [&mut invalidation], self.ports.dead_letter.as_ref(), &mut metrics)
+                .await;
+        metrics.flush_stdout();
+        report.failed_ids()
+    }
+}
+
+impl ObjectProcessor {
+    /// Init: configuration and clients, no network calls.
+    pub async fn from_env() -> Result<Self, crate::settings::SettingsError> {
+        let config = crate::settings::config()?;
+        let region = crate::settings::region()?;
+        let sdk = crate::adapters::aws::sdk_config().await;
+        Ok(Self { config, region, ports: super::queue_ports(&sdk).await? })
+    }
+}

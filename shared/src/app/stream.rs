@@ -1,0 +1,74 @@
+//! stream-processor: DynamoDB Streams of a watched global table → invalidations (then lag
+//! audit and residency, in the same single pass: one reader per shard).
+
+use serde::Deserialize;
+
+use super::Ports;
+use crate::config::Config;
+use crate::ddb::{StreamRecord, split_batch, table_from_arn};
+use crate::invalidation::{InvalidationStage, TableChange};
+use crate::metrics::Metrics;
+use crate::pipeline::{self, Context, Decoded};
+
+pub const FUNCTION: &str = "stream-processor";
+
+#[derive(Debug)]
+pub struct StreamProcessor {
+    pub config: Config,
+    pub region: String,
+    pub ports: Ports,
+}
+
+impl StreamProcessor {
+    /// Handles one batch; `Ok` holds the sequence numbers to report as failures.
+    pub async fn handle(&self, event: &str) -> Result<Vec<String>, String> {
+        let raws = split_batch(event).map_err(|e| e.0)?;
+        let source = first_table(&raws).unwrap_or_else(|| "unknown".to_owned());
+        let mut metrics = Metrics::new(&self.config.deployment.namespace);
+        let mut invalidation = InvalidationStage::new(self.ports.publisher.as_ref(), FUNCTION, &self.region);
+        let prefix = self.config.deployment.heartbeat_prefix.as_str();
+        let config = &self.config;
+        let decode = pipeline::decoder(|raw| match StreamRecord::decode(raw) {
+            Err(e) => Decoded::Reject { id: StreamRecord::salvage_id(raw), reason: e.0 },
+            Ok(record) => {
+                let id = record.sequence_number.to_string();
+                let Some(name) = record.table.as_deref() else {
+                    return Decoded::Reject { id: Some(id), reason: "record has no eventSourceARN naming its table".into() };
+                };
+                let Some(table) = config.table(name) else {
+                    return Decoded::Reject { id: Some(id), reason: format!("table `{name}` is not in the configuration") };
+                };
+                let heartbeat =
+                    record.keys.scalar(&table.partition_key.name).is_some_and(|pk| pk.starts_with(prefix));
+                Decoded::Ok { id, change: TableChange { table, record, heartbeat } }
+            }
+        });
+        let ctx = Context { function: FUNCTION, source: &source };
+        let report =
+            pipeline::run(ctx, &raws, decode, &mut [&mut invalidation], self.ports.dead_letter.as_ref(), &mut metrics)
+                .await;
+        metrics.flush_stdout();
+        report.failed_ids()
+    }
+}
+
+fn first_table(raws: &[&serde_json::value::RawValue]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Arn {
+        #[serde(rename = "eventSourceARN")]
+        arn: Option<String>,
+    }
+    raws.iter()
+        .filter_map(|r| serde_json::from_str::<Arn>(r.get()).ok()?.arn)
+        .find_map(|arn| table_from_arn(&arn).map(str::to_owned))
+}
+
+impl StreamProcessor {
+    /// Init: configuration and clients, no network calls.
+    pub async fn from_env() -> Result<Self, crate::settings::SettingsError> {
+        let config = crate::settings::config()?;
+        let region = crate::settings::region()?;
+        let sdk = crate::adapters::aws::sdk_config().await;
+        Ok(Self { config, region, ports: super::stream_ports(&sdk).await? })
+    }
+}

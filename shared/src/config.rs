@@ -1,0 +1,695 @@
+//! The one declarative configuration file (`tidemark.toml`).
+//!
+//! Parsing is strict (`deny_unknown_fields`) and validation is total: every problem is
+//! reported as a [`ConfigError`] naming the file, the source or rule, and the field.
+//! Nothing here performs I/O except [`Config::load`], which reads one local file.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::regions;
+use crate::template::{Template, TemplateError};
+
+/// The configuration compiled into every function (see ARCHITECTURE.md, "Configuration").
+pub const EMBEDDED: &str = include_str!("../../tidemark.toml");
+/// Name used in error messages for [`EMBEDDED`].
+pub const EMBEDDED_NAME: &str = "tidemark.toml (embedded)";
+
+/// A configuration problem, precise enough to fix without reading code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {location}field `{field}`: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    /// `table "users", ` / `bucket "assets", rule "eu-only", ` or empty for top-level fields.
+    pub location: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// Raw shape of the file; `Config` is the validated form.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    deployment: Deployment,
+    residency: ResidencyDefaults,
+    #[serde(default)]
+    tables: Vec<RawTable>,
+    #[serde(default)]
+    buckets: Vec<RawBucket>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deployment {
+    /// Every region Tidemark is deployed in; each is a peer of the others.
+    pub regions: Vec<String>,
+    /// CloudWatch namespace of every metric.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Key prefix reserved for heartbeats (table partition keys and object keys).
+    #[serde(default = "default_heartbeat_prefix")]
+    pub heartbeat_prefix: String,
+    /// Heartbeat older than this (seconds) counts as a stall in alarms and the simulation.
+    #[serde(default = "default_stall_after")]
+    pub stall_after_seconds: u64,
+}
+
+fn default_namespace() -> String {
+    "Tidemark".to_owned()
+}
+fn default_heartbeat_prefix() -> String {
+    "tidemark-heartbeat".to_owned()
+}
+fn default_stall_after() -> u64 {
+    300
+}
+
+/// What happens to data no residency rule matches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResidencyDefaults {
+    /// Where data that no rule matches may live. Required, so the choice is explicit.
+    pub unmatched: Unmatched,
+    /// Hash keys (SHA-256 prefix) in logs and alerts when keys themselves carry personal data.
+    #[serde(default)]
+    pub hash_keys_in_alerts: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unmatched {
+    /// Unmatched data may live in every region.
+    Anywhere,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    name: String,
+    partition_key: KeyAttribute,
+    #[serde(default)]
+    sort_key: Option<KeyAttribute>,
+    /// Non-key attributes that templates and rules may name.
+    #[serde(default)]
+    attributes: Vec<String>,
+    #[serde(default)]
+    cache_keys: Vec<String>,
+    /// A global table replicates itself: its invalidations stay in each region.
+    #[serde(default = "yes")]
+    replicated: bool,
+    #[serde(default)]
+    canary: Canary,
+    #[serde(default)]
+    app_attributes: AppAttributes,
+    #[serde(default)]
+    residency: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBucket {
+    name: String,
+    /// Bucket name per region; `{region}` is replaced, e.g. `acme-assets-{region}`.
+    bucket: String,
+    #[serde(default)]
+    cache_keys: Vec<String>,
+    #[serde(default = "yes")]
+    replicated: bool,
+    #[serde(default)]
+    canary: Canary,
+    /// Non-replicated bucket in the same region for the `hold` action (`{region}` allowed).
+    #[serde(default)]
+    quarantine_bucket: Option<String>,
+    #[serde(default)]
+    residency: Vec<RawRule>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyAttribute {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: KeyType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum KeyType {
+    S,
+    N,
+    B,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    /// Write and read heartbeats for this source.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// Attributes the application writes that tell where and when a change happened.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppAttributes {
+    /// Attribute holding the region that wrote the item.
+    #[serde(default)]
+    pub origin_region: Option<String>,
+    /// Attribute holding the write time in epoch milliseconds (type N).
+    #[serde(default)]
+    pub written_at_ms: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    #[serde(rename = "match")]
+    matcher: Matcher,
+    allowed_regions: Vec<String>,
+    action: Action,
+    /// `delete-replica` touches only objects S3 marked `REPLICA` unless this is false.
+    #[serde(default = "yes")]
+    replicas_only: bool,
+}
+
+/// What a residency rule matches on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Matcher {
+    /// Partition key (tables) or object key (buckets) starts with this.
+    KeyPrefix(String),
+    /// An item attribute equals a value.
+    Attribute { name: String, equals: String },
+    /// An object tag equals a value.
+    Tag { name: String, equals: String },
+    /// User metadata (`x-amz-meta-*`, name without the prefix) equals a value.
+    Metadata { name: String, equals: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Metric, alert, log. The only action for tables: a delete in a global table deletes everywhere.
+    Report,
+    /// Delete this object version in this region (never replicated; the origin is untouched).
+    DeleteReplica,
+    /// Copy the version into the quarantine bucket, then delete it here.
+    Hold,
+    /// Same as `report`, for buckets.
+    Alert,
+}
+
+// ---------------------------------------------------------------- validated form
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub deployment: Deployment,
+    pub residency: ResidencyDefaults,
+    pub tables: Vec<Table>,
+    pub buckets: Vec<Bucket>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub name: String,
+    pub partition_key: KeyAttribute,
+    pub sort_key: Option<KeyAttribute>,
+    pub attributes: Vec<String>,
+    pub cache_keys: Vec<Template>,
+    pub replicated: bool,
+    pub canary: Canary,
+    pub app_attributes: AppAttributes,
+    pub residency: Vec<Rule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    pub name: String,
+    pub bucket_pattern: String,
+    pub cache_keys: Vec<Template>,
+    pub replicated: bool,
+    pub canary: Canary,
+    pub quarantine_bucket: Option<String>,
+    pub residency: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub matcher: Matcher,
+    pub allowed_regions: Vec<String>,
+    pub action: Action,
+    pub replicas_only: bool,
+}
+
+/// Placeholders an object template may use.
+pub const OBJECT_PLACEHOLDERS: &[&str] = &["key", "dir", "file"];
+
+impl Bucket {
+    /// The bucket's name in `region`.
+    pub fn bucket_in(&self, region: &str) -> String {
+        self.bucket_pattern.replace("{region}", region)
+    }
+    pub fn quarantine_in(&self, region: &str) -> Option<String> {
+        self.quarantine_bucket.as_ref().map(|q| q.replace("{region}", region))
+    }
+}
+
+impl Table {
+    /// Attribute names templates and rules may use: keys first, then declared attributes.
+    pub fn declared(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.partition_key.name.as_str())
+            .chain(self.sort_key.iter().map(|k| k.name.as_str()))
+            .chain(self.attributes.iter().map(String::as_str))
+    }
+}
+
+impl Config {
+    /// Reads and validates a local file; the path is named in every error.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            location: String::new(),
+            field: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&file, &text)
+    }
+
+    /// The configuration compiled into the binary.
+    pub fn embedded() -> Result<Self, ConfigError> {
+        Self::parse(EMBEDDED_NAME, EMBEDDED)
+    }
+
+    /// Parses and validates `text`; `file` is only used in messages.
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let raw = parse_raw(file, text)?;
+        validate(file, raw)
+    }
+
+    pub fn table(&self, name: &str) -> Option<&Table> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+
+    /// The configured bucket whose name in `region` is `bucket`.
+    pub fn bucket_by_name(&self, region: &str, bucket: &str) -> Option<&Bucket> {
+        self.buckets.iter().find(|b| b.bucket_in(region) == bucket)
+    }
+
+    /// Regions other than `region`.
+    pub fn peers<'a>(&'a self, region: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.deployment.regions.iter().map(String::as_str).filter(move |r| *r != region)
+    }
+}
+
+fn parse_raw(file: &str, text: &str) -> Result<RawConfig, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
+        file: file.to_owned(),
+        location: String::new(),
+        field: "(syntax)".into(),
+        message: e.to_string().trim().replace('\n', " "),
+    })?;
+    serde_path_to_error::deserialize::<_, RawConfig>(de).map_err(|e| {
+        let path = e.path().clone();
+        let inner = e.into_inner();
+        let message = inner.message().to_owned();
+        // For an unknown field the path ends at its parent; name the field itself.
+        let unknown = message
+            .strip_prefix("unknown field `")
+            .and_then(|m| m.split('`').next())
+            .map(str::to_owned);
+        let (location, mut field) = locate(text, &path);
+        // Depending on the format, the path ends at the unknown field or at its parent.
+        if let Some(name) = unknown
+            && field.rsplit('.').next() != Some(name.as_str())
+        {
+            field = if field.is_empty() { name } else { format!("{field}.{name}") };
+        }
+        ConfigError {
+            file: file.to_owned(),
+            location,
+            field: if field.is_empty() { "(document)".into() } else { field },
+            message,
+        }
+    })
+}
+
+/// Turns a serde path like `tables[1].residency[0].allowed_regions` into
+/// (`table "orders", rule "eu-only", `, `allowed_regions`), using names from the text.
+fn locate(text: &str, path: &serde_path_to_error::Path) -> (String, String) {
+    use serde_path_to_error::Segment;
+    let untyped: Option<toml::Table> = toml::from_str(text).ok();
+    let mut location = String::new();
+    let mut field: Vec<String> = Vec::new();
+    let mut node: Option<&toml::Value> = None;
+    let mut section: Option<&str> = None;
+    for seg in path.iter() {
+        match seg {
+            Segment::Map { key } => {
+                node = match node {
+                    None => untyped.as_ref().and_then(|t| t.get(key.as_str())),
+                    Some(v) => v.get(key.as_str()),
+                };
+                section = Some(match key.as_str() {
+                    "tables" => "table",
+                    "buckets" => "bucket",
+                    "residency" => "rule",
+                    _ => "",
+                });
+                field.push(key.clone());
+            }
+            Segment::Seq { index } => {
+                node = node.and_then(|v| v.get(*index));
+                let name = node.and_then(|v| v.get("name")).and_then(|v| v.as_str());
+                match (section, name) {
+                    (Some(kind), Some(name)) if !kind.is_empty() => {
+                        field.pop();
+                        location.push_str(&format!("{kind} \"{name}\", "));
+                    }
+                    _ => {
+                        if let Some(last) = field.last_mut() {
+                            last.push_str(&format!("[{index}]"));
+                        }
+                    }
+                }
+            }
+            Segment::Enum { variant } => field.push(variant.clone()),
+            Segment::Unknown => {}
+        }
+    }
+    (location, field.join("."))
+}
+
+struct Checker<'f> {
+    file: &'f str,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, location: &str, field: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            location: location.to_owned(),
+            field: field.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn region_list(&mut self, location: &str, field: &str, regions_: &[String], deployed: &[String]) {
+        if regions_.is_empty() {
+            self.fail(location, field, "must name at least one region");
+        }
+        for r in regions_ {
+            if !regions::is_known(r) {
+                self.fail(location, field, format!("unknown region `{r}`"));
+            } else if !deployed.is_empty() && !deployed.contains(r) {
+                self.fail(location, field, format!("region `{r}` is not in deployment.regions"));
+            }
+        }
+    }
+
+    fn templates(&mut self, location: &str, sources: &[String], allowed: &[&str]) -> Vec<Template> {
+        let mut out = Vec::new();
+        for (i, src) in sources.iter().enumerate() {
+            let field = format!("cache_keys[{i}]");
+            match Template::parse(src) {
+                Ok(t) => {
+                    for p in t.placeholders() {
+                        if !allowed.contains(&p) {
+                            self.fail(
+                                location,
+                                &field,
+                                format!(
+                                    "placeholder `{{{p}}}` in `{src}` names no declared attribute (declared: {})",
+                                    allowed.join(", ")
+                                ),
+                            );
+                        }
+                    }
+                    out.push(t);
+                }
+                Err(e) => self.fail(location, &field, template_message(src, &e)),
+            }
+        }
+        out
+    }
+
+    fn rules(&mut self, location: &str, raw: Vec<RawRule>, deployed: &[String], table: Option<&[&str]>) -> Vec<Rule> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for rule in raw {
+            let here = format!("{location}rule \"{}\", ", rule.name);
+            if rule.name.trim().is_empty() {
+                self.fail(location, "residency.name", "a rule needs a non-empty name");
+            }
+            if !seen.insert(rule.name.clone()) {
+                self.fail(&here, "name", "duplicate rule name in this source");
+            }
+            self.region_list(&here, "allowed_regions", &rule.allowed_regions, deployed);
+            match (&rule.matcher, table) {
+                (Matcher::Attribute { name, .. }, Some(declared)) if !declared.contains(&name.as_str()) => self.fail(
+                    &here,
+                    "match.attribute.name",
+                    format!("attribute `{name}` is not declared by the table (declared: {})", declared.join(", ")),
+                ),
+                (Matcher::Tag { .. } | Matcher::Metadata { .. }, Some(_)) => {
+                    self.fail(&here, "match", "tables can match on key_prefix or attribute only")
+                }
+                (Matcher::Attribute { .. }, None) => {
+                    self.fail(&here, "match", "buckets can match on key_prefix, tag or metadata only")
+                }
+                _ => {}
+            }
+            if table.is_some() && rule.action != Action::Report {
+                self.fail(
+                    &here,
+                    "action",
+                    "tables support only `report`: a delete in a global table deletes in every region",
+                );
+            }
+            if table.is_none() && rule.action == Action::Report {
+                self.fail(&here, "action", "buckets use `alert`, `delete-replica` or `hold`");
+            }
+            out.push(Rule {
+                name: rule.name,
+                matcher: rule.matcher,
+                allowed_regions: rule.allowed_regions,
+                action: rule.action,
+                replicas_only: rule.replicas_only,
+            });
+        }
+        out
+    }
+}
+
+fn template_message(src: &str, e: &TemplateError) -> String {
+    format!("malformed template `{src}`: {e}")
+}
+
+fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
+    let mut c = Checker { file, errors: Vec::new() };
+    let deployed = raw.deployment.regions.clone();
+    c.region_list("", "deployment.regions", &deployed, &[]);
+    if raw.deployment.namespace.trim().is_empty() {
+        c.fail("", "deployment.namespace", "must not be empty");
+    }
+    if raw.deployment.heartbeat_prefix.trim().is_empty() {
+        c.fail("", "deployment.heartbeat_prefix", "must not be empty");
+    }
+
+    let mut names = HashSet::new();
+    let mut tables = Vec::new();
+    for t in raw.tables {
+        let loc = format!("table \"{}\", ", t.name);
+        if !names.insert(format!("table:{}", t.name)) {
+            c.fail(&loc, "name", "duplicate table");
+        }
+        let mut declared: Vec<&str> = vec![t.partition_key.name.as_str()];
+        if let Some(sk) = &t.sort_key {
+            declared.push(sk.name.as_str());
+        }
+        declared.extend(t.attributes.iter().map(String::as_str));
+        if let Some(attr) = &t.app_attributes.origin_region
+            && !declared.contains(&attr.as_str())
+        {
+            c.fail(&loc, "app_attributes.origin_region", format!("attribute `{attr}` is not declared"));
+        }
+        if let Some(attr) = &t.app_attributes.written_at_ms
+            && !declared.contains(&attr.as_str())
+        {
+            c.fail(&loc, "app_attributes.written_at_ms", format!("attribute `{attr}` is not declared"));
+        }
+        let cache_keys = c.templates(&loc, &t.cache_keys, &declared);
+        let residency = c.rules(&loc, t.residency, &deployed, Some(&declared));
+        tables.push(Table {
+            name: t.name,
+            partition_key: t.partition_key,
+            sort_key: t.sort_key,
+            attributes: t.attributes,
+            cache_keys,
+            replicated: t.replicated,
+            canary: t.canary,
+            app_attributes: t.app_attributes,
+            residency,
+        });
+    }
+
+    let mut buckets = Vec::new();
+    for b in raw.buckets {
+        let loc = format!("bucket \"{}\", ", b.name);
+        if !names.insert(format!("bucket:{}", b.name)) {
+            c.fail(&loc, "name", "duplicate bucket");
+        }
+        if deployed.len() > 1 && !b.bucket.contains("{region}") {
+            c.fail(&loc, "bucket", "bucket names are global: include `{region}` to name each region's bucket");
+        }
+        let cache_keys = c.templates(&loc, &b.cache_keys, OBJECT_PLACEHOLDERS);
+        let residency = c.rules(&loc, b.residency, &deployed, None);
+        if residency.iter().any(|r| r.action == Action::Hold) && b.quarantine_bucket.is_none() {
+            c.fail(&loc, "quarantine_bucket", "required by a rule with action `hold`");
+        }
+        buckets.push(Bucket {
+            name: b.name,
+            bucket_pattern: b.bucket,
+            cache_keys,
+            replicated: b.replicated,
+            canary: b.canary,
+            quarantine_bucket: b.quarantine_bucket,
+            residency,
+        });
+    }
+
+    match c.errors.into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok(Config { deployment: raw.deployment, residency: raw.residency, tables, buckets }),
+    }
+}
+
+impl fmt::Display for KeyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyType::S => "S",
+            KeyType::N => "N",
+            KeyType::B => "B",
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[deployment]
+regions = ["us-east-1", "eu-west-1"]
+
+[residency]
+unmatched = "anywhere"
+
+[[tables]]
+name = "users"
+partition_key = { name = "pk", type = "S" }
+attributes = ["email", "home"]
+cache_keys = ["user:{pk}", "user-email:{email}"]
+
+[[tables.residency]]
+name = "eu-only"
+match = { attribute = { name = "home", equals = "eu" } }
+allowed_regions = ["eu-west-1"]
+action = "report"
+
+[[buckets]]
+name = "assets"
+bucket = "acme-assets-{region}"
+cache_keys = ["asset:{key}"]
+"#;
+
+    fn err(text: &str) -> ConfigError {
+        Config::parse("t.toml", text).unwrap_err()
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        Config::embedded().unwrap();
+        let c = Config::parse("t.toml", BASE).unwrap();
+        assert_eq!(c.tables[0].cache_keys.len(), 2);
+        assert_eq!(c.buckets[0].bucket_in("eu-west-1"), "acme-assets-eu-west-1");
+    }
+
+    #[test]
+    fn unknown_field_names_table_and_field() {
+        let e = err(&BASE.replace("attributes = [", "cache_key = 1\nattributes = ["));
+        assert_eq!(e.location, "table \"users\", ");
+        assert_eq!(e.field, "cache_key");
+        assert!(e.to_string().starts_with("t.toml: table \"users\", field `cache_key`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_in_rule_names_rule() {
+        let e = err(&BASE.replace("action = \"report\"", "action = \"report\"\nregion = \"x\""));
+        assert_eq!(e.location, "table \"users\", rule \"eu-only\", ");
+        assert_eq!(e.field, "region");
+    }
+
+    #[test]
+    fn malformed_templates_are_rejected() {
+        let e = err(&BASE.replace("user:{pk}", "user:{pk"));
+        assert_eq!((e.location.as_str(), e.field.as_str()), ("table \"users\", ", "cache_keys[0]"));
+        assert!(e.message.contains("unclosed"), "{e}");
+        let e = err(&BASE.replace("user:{pk}", "user:{}"));
+        assert!(e.message.contains("empty placeholder"), "{e}");
+    }
+
+    #[test]
+    fn undeclared_placeholder_is_rejected() {
+        let e = err(&BASE.replace("user-email:{email}", "user-phone:{phone}"));
+        assert_eq!(e.field, "cache_keys[1]");
+        assert!(e.message.contains("`{phone}`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_region_is_rejected() {
+        let e = err(&BASE.replace("allowed_regions = [\"eu-west-1\"]", "allowed_regions = [\"eu-west-9\"]"));
+        assert_eq!(e.location, "table \"users\", rule \"eu-only\", ");
+        assert_eq!(e.field, "allowed_regions");
+        assert!(e.message.contains("unknown region `eu-west-9`"));
+        let e = err(&BASE.replace("regions = [\"us-east-1\", \"eu-west-1\"]", "regions = [\"mars-1\"]"));
+        assert_eq!(e.field, "deployment.regions");
+    }
+
+    #[test]
+    fn rule_without_regions_is_rejected() {
+        let e = err(&BASE.replace("allowed_regions = [\"eu-west-1\"]", "allowed_regions = []"));
+        assert_eq!(e.field, "allowed_regions");
+        assert!(e.message.contains("at least one region"));
+    }
+
+    #[test]
+    fn table_rules_can_only_report() {
+        let e = err(&BASE.replace("action = \"report\"", "action = \"delete-replica\""));
+        assert_eq!(e.field, "action");
+    }
+
+    #[test]
+    fn bad_enum_value_names_field() {
+        let e = err(&BASE.replace("action = \"report\"", "action = \"explode\""));
+        assert_eq!(e.location, "table \"users\", rule \"eu-only\", ");
+        assert_eq!(e.field, "action");
+    }
+
+    #[test]
+    fn syntax_errors_are_reported() {
+        let e = err("[deployment\n");
+        assert_eq!(e.field, "(syntax)");
+    }
+}

@@ -1,0 +1,348 @@
+//! DynamoDB Streams records, decoded one at a time and borrowing from the raw JSON.
+//!
+//! Attribute values are kept as raw JSON slices with their type tag checked; a value is
+//! decoded only when a template or rule asks for it. An unknown type tag anywhere in an
+//! image, or a missing `dynamodb` body, makes that one record undecodable.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// A string that borrows from the input unless JSON escapes force a copy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Str<'a>(#[serde(borrow)] pub Cow<'a, str>);
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// DynamoDB attribute type tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    S,
+    N,
+    B,
+    Bool,
+    Null,
+    M,
+    L,
+    Ss,
+    Ns,
+    Bs,
+}
+
+impl Tag {
+    fn from_str(s: &str) -> Option<Self> {
+        Some(match s {
+            "S" => Tag::S,
+            "N" => Tag::N,
+            "B" => Tag::B,
+            "BOOL" => Tag::Bool,
+            "NULL" => Tag::Null,
+            "M" => Tag::M,
+            "L" => Tag::L,
+            "SS" => Tag::Ss,
+            "NS" => Tag::Ns,
+            "BS" => Tag::Bs,
+            _ => return None,
+        })
+    }
+}
+
+/// One attribute value: its checked tag and the raw JSON of its payload.
+#[derive(Debug, Clone, Copy)]
+pub struct Attr<'a> {
+    pub tag: Tag,
+    pub raw: &'a RawValue,
+}
+
+impl<'a> Attr<'a> {
+    /// The value as text for templates and rules: S, N and B (base64 as sent) and BOOL.
+    /// Maps, lists, sets and NULL have no single text form.
+    pub fn scalar(&self) -> Option<Cow<'a, str>> {
+        match self.tag {
+            Tag::S | Tag::N | Tag::B => serde_json::from_str::<Str<'a>>(self.raw.get()).ok().map(|s| s.0),
+            Tag::Bool => match self.raw.get().trim() {
+                "true" => Some(Cow::Borrowed("true")),
+                "false" => Some(Cow::Borrowed("false")),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Attr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Attr<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an attribute value like {\"S\": \"text\"}")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Attr<'a>, M::Error> {
+                let tag: Str<'de> = map
+                    .next_key()?
+                    .ok_or_else(|| de::Error::custom("attribute value with no type tag"))?;
+                let kind = Tag::from_str(&tag)
+                    .ok_or_else(|| de::Error::custom(format!("unknown attribute type tag `{}`", &*tag)))?;
+                let raw: &'de RawValue = map.next_value()?;
+                if map.next_key::<Str<'de>>()?.is_some() {
+                    return Err(de::Error::custom("attribute value with more than one type tag"));
+                }
+                Ok(Attr { tag: kind, raw })
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// An item image (or the `Keys` map): attribute name → value, in wire order.
+#[derive(Debug, Clone, Default)]
+pub struct Image<'a>(pub Vec<(Cow<'a, str>, Attr<'a>)>);
+
+impl<'a> Image<'a> {
+    pub fn get(&self, name: &str) -> Option<&Attr<'a>> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+    pub fn scalar(&self, name: &str) -> Option<Cow<'a, str>> {
+        self.get(name).and_then(Attr::scalar)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Image<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Image<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of attribute names to values")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Image<'a>, M::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((k, v)) = map.next_entry::<Str<'de>, Attr<'de>>()? {
+                    out.push((k.0, v));
+                }
+                Ok(Image(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventName {
+    Insert,
+    Modify,
+    Remove,
+}
+
+/// One decoded stream record.
+#[derive(Debug, Clone)]
+pub struct StreamRecord<'a> {
+    pub event_id: Cow<'a, str>,
+    pub event_name: EventName,
+    /// Region of the replica whose stream carried the record (`awsRegion`).
+    pub region: Cow<'a, str>,
+    /// Table name from `eventSourceARN`, when present.
+    pub table: Option<Cow<'a, str>>,
+    pub sequence_number: Cow<'a, str>,
+    /// `ApproximateCreationDateTime`, converted to epoch milliseconds (second resolution).
+    pub approx_created_ms: u64,
+    pub keys: Image<'a>,
+    pub old: Option<Image<'a>>,
+    pub new: Option<Image<'a>>,
+    /// A TTL expiry: a REMOVE by the DynamoDB service principal (only in the deleting region).
+    pub ttl_delete: bool,
+}
+
+#[derive(Deserialize)]
+struct WireRecord<'a> {
+    #[serde(rename = "eventID", borrow)]
+    event_id: Option<Str<'a>>,
+    #[serde(rename = "eventName", borrow)]
+    event_name: Option<Str<'a>>,
+    #[serde(rename = "awsRegion", borrow)]
+    aws_region: Option<Str<'a>>,
+    #[serde(rename = "eventSourceARN", borrow)]
+    event_source_arn: Option<Str<'a>>,
+    #[serde(borrow)]
+    dynamodb: Option<WireBody<'a>>,
+    #[serde(rename = "userIdentity", borrow)]
+    user_identity: Option<WireIdentity<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireBody<'a> {
+    #[serde(rename = "ApproximateCreationDateTime")]
+    approx: Option<f64>,
+    #[serde(rename = "Keys", borrow)]
+    keys: Option<Image<'a>>,
+    #[serde(rename = "NewImage", borrow)]
+    new_image: Option<Image<'a>>,
+    #[serde(rename = "OldImage", borrow)]
+    old_image: Option<Image<'a>>,
+    #[serde(rename = "SequenceNumber", borrow)]
+    sequence_number: Option<Str<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireIdentity<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Str<'a>>,
+    #[serde(rename = "principalId", borrow)]
+    principal_id: Option<Str<'a>>,
+}
+
+/// Why a record cannot be interpreted (it will never decode, however often it is retried).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(pub String);
+
+impl<'a> StreamRecord<'a> {
+    pub fn decode(raw: &'a str) -> Result<Self, DecodeError> {
+        let w: WireRecord<'a> = serde_json::from_str(raw).map_err(|e| DecodeError(format!("malformed stream record: {e}")))?;
+        let body = w.dynamodb.ok_or_else(|| DecodeError("stream record has no `dynamodb` body".into()))?;
+        let event_name = match w.event_name.as_deref() {
+            Some("INSERT") => EventName::Insert,
+            Some("MODIFY") => EventName::Modify,
+            Some("REMOVE") => EventName::Remove,
+            Some(other) => return Err(DecodeError(format!("unknown eventName `{other}`"))),
+            None => return Err(DecodeError("stream record has no eventName".into())),
+        };
+        let sequence_number = body
+            .sequence_number
+            .ok_or_else(|| DecodeError("stream record has no SequenceNumber".into()))?
+            .0;
+        let keys = body.keys.ok_or_else(|| DecodeError("stream record has no Keys".into()))?;
+        if keys.0.is_empty() {
+            return Err(DecodeError("stream record has empty Keys".into()));
+        }
+        let ttl_delete = event_name == EventName::Remove
+            && w.user_identity.as_ref().is_some_and(|u| {
+                u.kind.as_deref() == Some("Service") && u.principal_id.as_deref() == Some("dynamodb.amazonaws.com")
+            });
+        let table = w.event_source_arn.as_ref().and_then(|arn| table_from_arn(arn)).map(|t| Cow::Owned(t.to_owned()));
+        let approx_created_ms = body.approx.filter(|s| s.is_finite() && *s >= 0.0).map_or(0, |s| (s * 1000.0) as u64);
+        Ok(StreamRecord {
+            event_id: w.event_id.map(|s| s.0).unwrap_or(Cow::Borrowed("")),
+            event_name,
+            region: w.aws_region.map(|s| s.0).unwrap_or(Cow::Borrowed("")),
+            table,
+            sequence_number,
+            approx_created_ms,
+            keys,
+            old: body.old_image,
+            new: body.new_image,
+            ttl_delete,
+        })
+    }
+
+    /// Best-effort sequence number of a record that failed to decode, for the DLQ entry name.
+    pub fn salvage_id(raw: &str) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Partial {
+            dynamodb: Option<PartialBody>,
+            #[serde(rename = "eventID")]
+            event_id: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct PartialBody {
+            #[serde(rename = "SequenceNumber")]
+            sequence_number: Option<String>,
+        }
+        let p: Partial = serde_json::from_str(raw).ok()?;
+        p.dynamodb.and_then(|b| b.sequence_number).or(p.event_id)
+    }
+
+    /// A value by attribute name: the new image, then the old, then the keys.
+    pub fn latest(&self, name: &str) -> Option<Cow<'a, str>> {
+        self.new
+            .as_ref()
+            .and_then(|i| i.scalar(name))
+            .or_else(|| self.old.as_ref().and_then(|i| i.scalar(name)))
+            .or_else(|| self.keys.scalar(name))
+    }
+}
+
+/// `arn:aws:dynamodb:us-east-1:123456789012:table/users/stream/2024-…` → `users`.
+pub fn table_from_arn(arn: &str) -> Option<&str> {
+    let rest = arn.split_once(":table/")?.1;
+    Some(rest.split('/').next().unwrap_or(rest)).filter(|t| !t.is_empty())
+}
+
+/// Splits a Lambda batch (`{"Records": [...]}`) into raw records without decoding them.
+pub fn split_batch(event: &str) -> Result<Vec<&RawValue>, DecodeError> {
+    #[derive(Deserialize)]
+    struct Batch<'a> {
+        #[serde(rename = "Records", borrow)]
+        records: Vec<&'a RawValue>,
+    }
+    serde_json::from_str::<Batch<'_>>(event)
+        .map(|b| b.records)
+        .map_err(|e| DecodeError(format!("event is not a batch of Records: {e}")))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const MODIFY: &str = r#"{"eventID":"e1","eventName":"MODIFY","eventVersion":"1.1","eventSource":"aws:dynamodb","awsRegion":"eu-west-1",
+      "dynamodb":{"ApproximateCreationDateTime":1700000000,"Keys":{"pk":{"S":"u#1"}},
+        "NewImage":{"pk":{"S":"u#1"},"email":{"S":"new@x"},"n":{"N":"12.5"},"flag":{"BOOL":true},"tags":{"SS":["a"]}},
+        "OldImage":{"pk":{"S":"u#1"},"email":{"S":"old\u0040x"}},
+        "SequenceNumber":"111","SizeBytes":10,"StreamViewType":"NEW_AND_OLD_IMAGES"},
+      "eventSourceARN":"arn:aws:dynamodb:eu-west-1:123456789012:table/users/stream/2024-01-01T00:00:00.000"}"#;
+
+    #[test]
+    fn decodes_modify_with_both_images() {
+        let r = StreamRecord::decode(MODIFY).unwrap();
+        assert_eq!(r.event_name, EventName::Modify);
+        assert_eq!(r.table.as_deref(), Some("users"));
+        assert_eq!(r.sequence_number, "111");
+        assert_eq!(r.approx_created_ms, 1_700_000_000_000);
+        assert_eq!(r.new.as_ref().unwrap().scalar("email").unwrap(), "new@x");
+        // Escaped text decodes (and is copied rather than borrowed).
+        assert_eq!(r.old.as_ref().unwrap().scalar("email").unwrap(), "old@x");
+        assert_eq!(r.new.as_ref().unwrap().scalar("n").unwrap(), "12.5");
+        assert_eq!(r.new.as_ref().unwrap().scalar("flag").unwrap(), "true");
+        assert_eq!(r.new.as_ref().unwrap().scalar("tags"), None);
+        assert!(!r.ttl_delete);
+    }
+
+    #[test]
+    fn unknown_type_tag_is_a_decode_error() {
+        let bad = MODIFY.replace(r#""n":{"N":"12.5"}"#, r#""n":{"X":"12.5"}"#);
+        let e = StreamRecord::decode(&bad).unwrap_err();
+        assert!(e.0.contains("unknown attribute type tag `X`"), "{e}");
+    }
+
+    #[test]
+    fn missing_body_is_a_decode_error() {
+        let e = StreamRecord::decode(r#"{"eventID":"x","eventName":"INSERT"}"#).unwrap_err();
+        assert!(e.0.contains("no `dynamodb` body"));
+    }
+
+    #[test]
+    fn ttl_delete_is_recognised() {
+        let ttl = r#"{"eventID":"e","eventName":"REMOVE","awsRegion":"us-east-1",
+          "dynamodb":{"Keys":{"pk":{"S":"a"}},"SequenceNumber":"5"},
+          "userIdentity":{"type":"Service","principalId":"dynamodb.amazonaws.com"}}"#;
+        assert!(StreamRecord::decode(ttl).unwrap().ttl_delete);
+    }
+
+    #[test]
+    fn splits_batches_without_decoding_records() {
+        let batch = format!(r#"{{"Records":[{MODIFY},{{"junk":1}}]}}"#);
+        assert_eq!(split_batch(&batch).unwrap().len(), 2);
+        assert!(split_batch("[]").is_err());
+    }
+}

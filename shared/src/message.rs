@@ -1,0 +1,40 @@
+//! The invalidation message: what the processors publish and the cache-invalidator reads.
+//!
+//! Body (JSON): `{"v":1,"source":"users","origin_region":"us-east-1","replicated":true,
+//! "changed_at_ms":1700000000000,"keys":["user:1", …]}`. The same facts travel as SNS
+//! String message attributes so that subscriptions can filter on them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ddb::DecodeError;
+
+pub const VERSION: u32 = 1;
+
+/// SNS message attribute names (String type: moto breaks on Binary attributes, and SNS
+/// filter policies match strings).
+pub const ATTR_ORIGIN_REGION: &str = "origin_region";
+pub const ATTR_SOURCE: &str = "source";
+pub const ATTR_REPLICATED: &str = "replicated";
+pub const ATTR_CHANGED_AT: &str = "changed_at_ms";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invalidation {
+    pub v: u32,
+    pub source: String,
+    pub origin_region: String,
+    pub replicated: bool,
+    /// The oldest change time among the keys, epoch ms: the invalidation age is measured from it.
+    pub changed_at_ms: u64,
+    pub keys: Vec<String>,
+}
+
+impl Invalidation {
+    pub fn decode(body: &str) -> Result<Self, DecodeError> {
+        let m: Invalidation =
+            serde_json::from_str(body).map_err(|e| DecodeError(format!("not an invalidation message: {e}")))?;
+        if m.v != VERSION {
+            return Err(DecodeError(format!("unsupported invalidation message version {}", m.v)));
+        }
+        Ok(m)
+    }
+}

@@ -1,0 +1,281 @@
+//! The one per-record pipeline every processor runs:
+//!
+//! raw records → decode each on its own → stages observe (pure) → stages flush (I/O, once
+//! per batch) → an outcome per record (done / retry / reject) → dead-letter the rejects →
+//! the ids to report in the partial batch response.
+//!
+//! A record that cannot be decoded is rejected alone; its neighbours proceed. A record a
+//! stage could not finish is retried (reported as a batch item failure). A rejected record
+//! whose dead-letter write fails is retried too, so nothing is lost silently.
+
+use futures::future::BoxFuture;
+use serde_json::value::RawValue;
+use tracing::{Instrument, info_span, warn};
+
+use crate::metrics::{Dim, Metric, Metrics};
+use crate::ports::{DeadLetter, DeadLetterEntry};
+
+/// What became of one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// Transient: report as a batch item failure so Lambda delivers it again.
+    Retry(String),
+    /// Permanent: can never be interpreted; dead-lettered and not retried.
+    Reject(String),
+    /// Deliberately ignored (e.g. `s3:TestEvent`).
+    Skipped(&'static str),
+}
+
+/// Result of decoding one raw record.
+#[derive(Debug)]
+pub enum Decoded<C> {
+    Ok { id: String, change: C },
+    /// Nothing to do, not an error.
+    Skip { id: Option<String>, why: &'static str },
+    Reject { id: Option<String>, reason: String },
+}
+
+/// One step of work over a batch. `observe` is pure planning; `flush` does the batch's I/O
+/// and returns the records (by index) that must be retried, with the reason.
+pub trait Stage<C>: Send {
+    fn name(&self) -> &'static str;
+    /// `Err` rejects this record (it can never be processed).
+    fn observe(&mut self, index: usize, change: &C) -> Result<(), String>;
+    fn flush<'s>(&'s mut self, metrics: &'s mut Metrics) -> BoxFuture<'s, Vec<(usize, String)>>;
+}
+
+/// The per-record result of a batch, in input order.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    pub ids: Vec<Option<String>>,
+    pub outcomes: Vec<Outcome>,
+}
+
+impl BatchReport {
+    /// Ids to return as `batchItemFailures`. `Err` when a record to retry has no usable id:
+    /// then the whole invocation must fail so Lambda retries the batch.
+    pub fn failed_ids(&self) -> Result<Vec<String>, String> {
+        let mut out = Vec::new();
+        for (id, outcome) in self.ids.iter().zip(&self.outcomes) {
+            if let Outcome::Retry(why) = outcome {
+                match id {
+                    Some(id) => out.push(id.clone()),
+                    None => return Err(format!("a record without an identifier must be retried: {why}")),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
+        self.outcomes.iter().filter(|o| f(o)).count()
+    }
+}
+
+/// Pins a decoder closure's signature so the records it returns may borrow from the input.
+pub fn decoder<'r, C, F: Fn(&'r str) -> Decoded<C>>(f: F) -> F {
+    f
+}
+
+/// Identifies the function and record kind in dead-letter entries.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub function: &'a str,
+    pub source: &'a str,
+}
+
+/// Runs one batch through `stages`. `decode` turns one raw record into a change.
+pub async fn run<'r, C, D>(
+    ctx: Context<'_>,
+    raws: &'r [&'r RawValue],
+    decode: D,
+    stages: &mut [&mut dyn Stage<C>],
+    dead_letter: &dyn DeadLetter,
+    metrics: &mut Metrics,
+) -> BatchReport
+where
+    D: Fn(&'r str) -> Decoded<C>,
+{
+    let mut report = BatchReport { ids: Vec::with_capacity(raws.len()), outcomes: Vec::with_capacity(raws.len()) };
+    let mut changes: Vec<Option<C>> = Vec::with_capacity(raws.len());
+
+    for (index, raw) in raws.iter().enumerate() {
+        let (id, outcome, change) = match decode(raw.get()) {
+            Decoded::Ok { id, change } => (Some(id), Outcome::Done, Some(change)),
+            Decoded::Skip { id, why } => (id, Outcome::Skipped(why), None),
+            Decoded::Reject { id, reason } => (id, Outcome::Reject(reason), None),
+        };
+        let mut outcome = outcome;
+        if let Some(c) = &change {
+            let span = info_span!("record", id = id.as_deref().unwrap_or(""), index);
+            let _guard = span.enter();
+            for stage in stages.iter_mut() {
+                if let Err(reason) = stage.observe(index, c) {
+                    outcome = Outcome::Reject(format!("{}: {reason}", stage.name()));
+                    break;
+                }
+            }
+        }
+        report.ids.push(id);
+        report.outcomes.push(outcome);
+        changes.push(change);
+    }
+
+    for stage in stages.iter_mut() {
+        let name = stage.name();
+        let failures = stage.flush(metrics).instrument(info_span!("flush", stage = name)).await;
+        for (index, reason) in failures {
+            if let Some(o) = report.outcomes.get_mut(index)
+                && matches!(o, Outcome::Done)
+            {
+                *o = Outcome::Retry(format!("{name}: {reason}"));
+            }
+        }
+    }
+
+    dead_letter_rejects(ctx, raws, &mut report, dead_letter).await;
+
+    let processed = report.count(|o| matches!(o, Outcome::Done | Outcome::Skipped(_)));
+    let retried = report.count(|o| matches!(o, Outcome::Retry(_)));
+    let rejected = report.count(|o| matches!(o, Outcome::Reject(_)));
+    let f = [(Dim::Function, ctx.function)];
+    metrics.put(Metric::RecordsProcessed, &f, processed as f64);
+    metrics.put(Metric::RecordsFailed, &f, retried as f64);
+    metrics.put(Metric::RecordsRejected, &f, rejected as f64);
+    for (id, o) in report.ids.iter().zip(&report.outcomes) {
+        if let Outcome::Retry(why) = o {
+            warn!(id = id.as_deref().unwrap_or(""), reason = %why, "record will be retried");
+        }
+    }
+    report
+}
+
+async fn dead_letter_rejects(ctx: Context<'_>, raws: &[&RawValue], report: &mut BatchReport, dl: &dyn DeadLetter) {
+    let rejects: Vec<usize> =
+        (0..report.outcomes.len()).filter(|i| matches!(report.outcomes[*i], Outcome::Reject(_))).collect();
+    if rejects.is_empty() {
+        return;
+    }
+    let entries: Vec<DeadLetterEntry> = rejects
+        .iter()
+        .map(|&i| {
+            let reason = match &report.outcomes[i] {
+                Outcome::Reject(r) => r.clone(),
+                _ => String::new(),
+            };
+            // Keys only in logs; the dead-letter store is the one place that keeps contents.
+            warn!(id = report.ids[i].as_deref().unwrap_or("(none)"), index = i, reason = %reason, "record rejected");
+            DeadLetterEntry {
+                function: ctx.function.to_owned(),
+                source: ctx.source.to_owned(),
+                id: report.ids[i].clone(),
+                index: i,
+                reason,
+                record: raws[i].get().to_owned(),
+            }
+        })
+        .collect();
+    if let Err(e) = dl.put(entries).await {
+        warn!(error = %e, count = rejects.len(), "dead-letter write failed; rejected records will be retried");
+        for i in rejects {
+            report.outcomes[i] = Outcome::Retry(format!("dead-letter write failed: {e}"));
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::ddb::{StreamRecord, split_batch};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct MemoryDeadLetter(Mutex<Vec<DeadLetterEntry>>, bool);
+    impl DeadLetter for MemoryDeadLetter {
+        fn put(&self, entries: Vec<DeadLetterEntry>) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin(async move {
+                if self.1 {
+                    return Err("store down".into());
+                }
+                self.0.lock().unwrap().extend(entries);
+                Ok(())
+            })
+        }
+    }
+
+    /// Fails records whose key is `pk = fail`, counts the rest.
+    struct FlakyStage(Vec<usize>, usize);
+    impl<'a> Stage<StreamRecord<'a>> for FlakyStage {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+        fn observe(&mut self, index: usize, c: &StreamRecord<'a>) -> Result<(), String> {
+            if c.keys.scalar("pk").as_deref() == Some("fail") {
+                self.0.push(index);
+            }
+            self.1 += 1;
+            Ok(())
+        }
+        fn flush<'s>(&'s mut self, _: &'s mut Metrics) -> BoxFuture<'s, Vec<(usize, String)>> {
+            Box::pin(async move { self.0.iter().map(|i| (*i, "down".to_owned())).collect() })
+        }
+    }
+
+    fn rec(seq: u32, pk: &str) -> String {
+        format!(
+            r#"{{"eventID":"e{seq}","eventName":"INSERT","awsRegion":"us-east-1","dynamodb":{{"Keys":{{"pk":{{"S":"{pk}"}}}},"SequenceNumber":"{seq}"}}}}"#
+        )
+    }
+
+    fn decode(raw: &str) -> Decoded<StreamRecord<'_>> {
+        match StreamRecord::decode(raw) {
+            Ok(r) => Decoded::Ok { id: r.sequence_number.to_string(), change: r },
+            Err(e) => Decoded::Reject { id: StreamRecord::salvage_id(raw), reason: e.0 },
+        }
+    }
+
+    const CTX: Context<'static> = Context { function: "test", source: "users" };
+
+    #[tokio::test]
+    async fn poison_record_is_rejected_alone_and_failures_are_reported() {
+        let poison = r#"{"eventID":"p","eventName":"INSERT","dynamodb":{"Keys":{"pk":{"Q":"x"}},"SequenceNumber":"3"}}"#;
+        let batch = format!(r#"{{"Records":[{},{},{poison},{}]}}"#, rec(1, "a"), rec(2, "fail"), rec(4, "b"));
+        let raws = split_batch(&batch).unwrap();
+        let dl = MemoryDeadLetter::default();
+        let mut stage = FlakyStage(vec![], 0);
+        let mut metrics = Metrics::new("Tidemark");
+        let report = run(CTX, &raws, decode, &mut [&mut stage], &dl, &mut metrics).await;
+
+        assert_eq!(stage.1, 3, "the stage saw every decodable record");
+        assert_eq!(report.outcomes[0], Outcome::Done);
+        assert!(matches!(report.outcomes[1], Outcome::Retry(_)));
+        assert!(matches!(&report.outcomes[2], Outcome::Reject(r) if r.contains("unknown attribute type tag `Q`")));
+        assert_eq!(report.outcomes[3], Outcome::Done);
+        assert_eq!(report.failed_ids().unwrap(), ["2"]);
+        let dead = dl.0.lock().unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].id.as_deref(), Some("3"));
+        assert_eq!(dead[0].record, poison);
+    }
+
+    #[tokio::test]
+    async fn failed_dead_letter_write_turns_rejects_into_retries() {
+        let batch = format!(r#"{{"Records":[{},{{"dynamodb":{{"SequenceNumber":"9"}}}}]}}"#, rec(1, "a"));
+        let raws = split_batch(&batch).unwrap();
+        let dl = MemoryDeadLetter(Mutex::default(), true);
+        let mut metrics = Metrics::new("Tidemark");
+        let report = run(CTX, &raws, decode, &mut [], &dl, &mut metrics).await;
+        assert_eq!(report.failed_ids().unwrap(), ["9"]);
+    }
+
+    #[tokio::test]
+    async fn retry_without_id_fails_the_whole_batch() {
+        let raws = split_batch(r#"{"Records":[{"nothing":true}]}"#).unwrap();
+        let dl = MemoryDeadLetter(Mutex::default(), true);
+        let mut metrics = Metrics::new("Tidemark");
+        let report = run(CTX, &raws, decode, &mut [], &dl, &mut metrics).await;
+        assert!(report.failed_ids().is_err());
+    }
+}
