@@ -259,7 +259,9 @@ impl Bucket {
         self.bucket_pattern.replace("{region}", region)
     }
     pub fn quarantine_in(&self, region: &str) -> Option<String> {
-        self.quarantine_bucket.as_ref().map(|q| q.replace("{region}", region))
+        self.quarantine_bucket
+            .as_ref()
+            .map(|q| q.replace("{region}", region))
     }
 }
 
@@ -307,7 +309,11 @@ impl Config {
 
     /// Regions other than `region`.
     pub fn peers<'a>(&'a self, region: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.deployment.regions.iter().map(String::as_str).filter(move |r| *r != region)
+        self.deployment
+            .regions
+            .iter()
+            .map(String::as_str)
+            .filter(move |r| *r != region)
     }
 }
 
@@ -332,12 +338,20 @@ fn parse_raw(file: &str, text: &str) -> Result<RawConfig, ConfigError> {
         if let Some(name) = unknown
             && field.rsplit('.').next() != Some(name.as_str())
         {
-            field = if field.is_empty() { name } else { format!("{field}.{name}") };
+            field = if field.is_empty() {
+                name
+            } else {
+                format!("{field}.{name}")
+            };
         }
         ConfigError {
             file: file.to_owned(),
             location,
-            field: if field.is_empty() { "(document)".into() } else { field },
+            field: if field.is_empty() {
+                "(document)".into()
+            } else {
+                field
+            },
             message,
         }
     })
@@ -404,7 +418,13 @@ impl Checker<'_> {
         });
     }
 
-    fn region_list(&mut self, location: &str, field: &str, regions_: &[String], deployed: &[String]) {
+    fn region_list(
+        &mut self,
+        location: &str,
+        field: &str,
+        regions_: &[String],
+        deployed: &[String],
+    ) {
         if regions_.is_empty() {
             self.fail(location, field, "must name at least one region");
         }
@@ -412,7 +432,11 @@ impl Checker<'_> {
             if !regions::is_known(r) {
                 self.fail(location, field, format!("unknown region `{r}`"));
             } else if !deployed.is_empty() && !deployed.contains(r) {
-                self.fail(location, field, format!("region `{r}` is not in deployment.regions"));
+                self.fail(
+                    location,
+                    field,
+                    format!("region `{r}` is not in deployment.regions"),
+                );
             }
         }
     }
@@ -443,7 +467,13 @@ impl Checker<'_> {
         out
     }
 
-    fn rules(&mut self, location: &str, raw: Vec<RawRule>, deployed: &[String], table: Option<&[&str]>) -> Vec<Rule> {
+    fn rules(
+        &mut self,
+        location: &str,
+        raw: Vec<RawRule>,
+        deployed: &[String],
+        table: Option<&[&str]>,
+    ) -> Vec<Rule> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for rule in raw {
@@ -456,17 +486,28 @@ impl Checker<'_> {
             }
             self.region_list(&here, "allowed_regions", &rule.allowed_regions, deployed);
             match (&rule.matcher, table) {
-                (Matcher::Attribute { name, .. }, Some(declared)) if !declared.contains(&name.as_str()) => self.fail(
+                (Matcher::Attribute { name, .. }, Some(declared))
+                    if !declared.contains(&name.as_str()) =>
+                {
+                    self.fail(
+                        &here,
+                        "match.attribute.name",
+                        format!(
+                            "attribute `{name}` is not declared by the table (declared: {})",
+                            declared.join(", ")
+                        ),
+                    )
+                }
+                (Matcher::Tag { .. } | Matcher::Metadata { .. }, Some(_)) => self.fail(
                     &here,
-                    "match.attribute.name",
-                    format!("attribute `{name}` is not declared by the table (declared: {})", declared.join(", ")),
+                    "match",
+                    "tables can match on key_prefix or attribute only",
                 ),
-                (Matcher::Tag { .. } | Matcher::Metadata { .. }, Some(_)) => {
-                    self.fail(&here, "match", "tables can match on key_prefix or attribute only")
-                }
-                (Matcher::Attribute { .. }, None) => {
-                    self.fail(&here, "match", "buckets can match on key_prefix, tag or metadata only")
-                }
+                (Matcher::Attribute { .. }, None) => self.fail(
+                    &here,
+                    "match",
+                    "buckets can match on key_prefix, tag or metadata only",
+                ),
                 _ => {}
             }
             if table.is_some() && rule.action != Action::Report {
@@ -477,7 +518,11 @@ impl Checker<'_> {
                 );
             }
             if table.is_none() && rule.action == Action::Report {
-                self.fail(&here, "action", "buckets use `alert`, `delete-replica` or `hold`");
+                self.fail(
+                    &here,
+                    "action",
+                    "buckets use `alert`, `delete-replica` or `hold`",
+                );
             }
             out.push(Rule {
                 name: rule.name,
@@ -496,7 +541,10 @@ fn template_message(src: &str, e: &TemplateError) -> String {
 }
 
 fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
-    let mut c = Checker { file, errors: Vec::new() };
+    let mut c = Checker {
+        file,
+        errors: Vec::new(),
+    };
     let deployed = raw.deployment.regions.clone();
     c.region_list("", "deployment.regions", &deployed, &[]);
     if raw.deployment.namespace.trim().is_empty() {
@@ -521,12 +569,20 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
         if let Some(attr) = &t.app_attributes.origin_region
             && !declared.contains(&attr.as_str())
         {
-            c.fail(&loc, "app_attributes.origin_region", format!("attribute `{attr}` is not declared"));
+            c.fail(
+                &loc,
+                "app_attributes.origin_region",
+                format!("attribute `{attr}` is not declared"),
+            );
         }
         if let Some(attr) = &t.app_attributes.written_at_ms
             && !declared.contains(&attr.as_str())
         {
-            c.fail(&loc, "app_attributes.written_at_ms", format!("attribute `{attr}` is not declared"));
+            c.fail(
+                &loc,
+                "app_attributes.written_at_ms",
+                format!("attribute `{attr}` is not declared"),
+            );
         }
         let cache_keys = c.templates(&loc, &t.cache_keys, &declared);
         let residency = c.rules(&loc, t.residency, &deployed, Some(&declared));
@@ -550,12 +606,20 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
             c.fail(&loc, "name", "duplicate bucket");
         }
         if deployed.len() > 1 && !b.bucket.contains("{region}") {
-            c.fail(&loc, "bucket", "bucket names are global: include `{region}` to name each region's bucket");
+            c.fail(
+                &loc,
+                "bucket",
+                "bucket names are global: include `{region}` to name each region's bucket",
+            );
         }
         let cache_keys = c.templates(&loc, &b.cache_keys, OBJECT_PLACEHOLDERS);
         let residency = c.rules(&loc, b.residency, &deployed, None);
         if residency.iter().any(|r| r.action == Action::Hold) && b.quarantine_bucket.is_none() {
-            c.fail(&loc, "quarantine_bucket", "required by a rule with action `hold`");
+            c.fail(
+                &loc,
+                "quarantine_bucket",
+                "required by a rule with action `hold`",
+            );
         }
         buckets.push(Bucket {
             name: b.name,
@@ -570,7 +634,12 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
 
     match c.errors.into_iter().next() {
         Some(first) => Err(first),
-        None => Ok(Config { deployment: raw.deployment, residency: raw.residency, tables, buckets }),
+        None => Ok(Config {
+            deployment: raw.deployment,
+            residency: raw.residency,
+            tables,
+            buckets,
+        }),
     }
 }
 
@@ -631,7 +700,11 @@ cache_keys = ["asset:{key}"]
         let e = err(&BASE.replace("attributes = [", "cache_key = 1\nattributes = ["));
         assert_eq!(e.location, "table \"users\", ");
         assert_eq!(e.field, "cache_key");
-        assert!(e.to_string().starts_with("t.toml: table \"users\", field `cache_key`"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("t.toml: table \"users\", field `cache_key`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -644,7 +717,10 @@ cache_keys = ["asset:{key}"]
     #[test]
     fn malformed_templates_are_rejected() {
         let e = err(&BASE.replace("user:{pk}", "user:{pk"));
-        assert_eq!((e.location.as_str(), e.field.as_str()), ("table \"users\", ", "cache_keys[0]"));
+        assert_eq!(
+            (e.location.as_str(), e.field.as_str()),
+            ("table \"users\", ", "cache_keys[0]")
+        );
         assert!(e.message.contains("unclosed"), "{e}");
         let e = err(&BASE.replace("user:{pk}", "user:{}"));
         assert!(e.message.contains("empty placeholder"), "{e}");
@@ -659,11 +735,17 @@ cache_keys = ["asset:{key}"]
 
     #[test]
     fn unknown_region_is_rejected() {
-        let e = err(&BASE.replace("allowed_regions = [\"eu-west-1\"]", "allowed_regions = [\"eu-west-9\"]"));
+        let e = err(&BASE.replace(
+            "allowed_regions = [\"eu-west-1\"]",
+            "allowed_regions = [\"eu-west-9\"]",
+        ));
         assert_eq!(e.location, "table \"users\", rule \"eu-only\", ");
         assert_eq!(e.field, "allowed_regions");
         assert!(e.message.contains("unknown region `eu-west-9`"));
-        let e = err(&BASE.replace("regions = [\"us-east-1\", \"eu-west-1\"]", "regions = [\"mars-1\"]"));
+        let e = err(&BASE.replace(
+            "regions = [\"us-east-1\", \"eu-west-1\"]",
+            "regions = [\"mars-1\"]",
+        ));
         assert_eq!(e.field, "deployment.regions");
     }
 

@@ -68,7 +68,9 @@ impl<'a> Attr<'a> {
     /// Maps, lists, sets and NULL have no single text form.
     pub fn scalar(&self) -> Option<Cow<'a, str>> {
         match self.tag {
-            Tag::S | Tag::N | Tag::B => serde_json::from_str::<Str<'a>>(self.raw.get()).ok().map(|s| s.0),
+            Tag::S | Tag::N | Tag::B => serde_json::from_str::<Str<'a>>(self.raw.get())
+                .ok()
+                .map(|s| s.0),
             Tag::Bool => match self.raw.get().trim() {
                 "true" => Some(Cow::Borrowed("true")),
                 "false" => Some(Cow::Borrowed("false")),
@@ -91,11 +93,14 @@ impl<'de: 'a, 'a> Deserialize<'de> for Attr<'a> {
                 let tag: Str<'de> = map
                     .next_key()?
                     .ok_or_else(|| de::Error::custom("attribute value with no type tag"))?;
-                let kind = Tag::from_str(&tag)
-                    .ok_or_else(|| de::Error::custom(format!("unknown attribute type tag `{}`", &*tag)))?;
+                let kind = Tag::from_str(&tag).ok_or_else(|| {
+                    de::Error::custom(format!("unknown attribute type tag `{}`", &*tag))
+                })?;
                 let raw: &'de RawValue = map.next_value()?;
                 if map.next_key::<Str<'de>>()?.is_some() {
-                    return Err(de::Error::custom("attribute value with more than one type tag"));
+                    return Err(de::Error::custom(
+                        "attribute value with more than one type tag",
+                    ));
                 }
                 Ok(Attr { tag: kind, raw })
             }
@@ -208,8 +213,11 @@ pub struct DecodeError(pub String);
 
 impl<'a> StreamRecord<'a> {
     pub fn decode(raw: &'a str) -> Result<Self, DecodeError> {
-        let w: WireRecord<'a> = serde_json::from_str(raw).map_err(|e| DecodeError(format!("malformed stream record: {e}")))?;
-        let body = w.dynamodb.ok_or_else(|| DecodeError("stream record has no `dynamodb` body".into()))?;
+        let w: WireRecord<'a> = serde_json::from_str(raw)
+            .map_err(|e| DecodeError(format!("malformed stream record: {e}")))?;
+        let body = w
+            .dynamodb
+            .ok_or_else(|| DecodeError("stream record has no `dynamodb` body".into()))?;
         let event_name = match w.event_name.as_deref() {
             Some("INSERT") => EventName::Insert,
             Some("MODIFY") => EventName::Modify,
@@ -221,16 +229,26 @@ impl<'a> StreamRecord<'a> {
             .sequence_number
             .ok_or_else(|| DecodeError("stream record has no SequenceNumber".into()))?
             .0;
-        let keys = body.keys.ok_or_else(|| DecodeError("stream record has no Keys".into()))?;
+        let keys = body
+            .keys
+            .ok_or_else(|| DecodeError("stream record has no Keys".into()))?;
         if keys.0.is_empty() {
             return Err(DecodeError("stream record has empty Keys".into()));
         }
         let ttl_delete = event_name == EventName::Remove
             && w.user_identity.as_ref().is_some_and(|u| {
-                u.kind.as_deref() == Some("Service") && u.principal_id.as_deref() == Some("dynamodb.amazonaws.com")
+                u.kind.as_deref() == Some("Service")
+                    && u.principal_id.as_deref() == Some("dynamodb.amazonaws.com")
             });
-        let table = w.event_source_arn.as_ref().and_then(|arn| table_from_arn(arn)).map(|t| Cow::Owned(t.to_owned()));
-        let approx_created_ms = body.approx.filter(|s| s.is_finite() && *s >= 0.0).map_or(0, |s| (s * 1000.0) as u64);
+        let table = w
+            .event_source_arn
+            .as_ref()
+            .and_then(|arn| table_from_arn(arn))
+            .map(|t| Cow::Owned(t.to_owned()));
+        let approx_created_ms = body
+            .approx
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map_or(0, |s| (s * 1000.0) as u64);
         Ok(StreamRecord {
             event_id: w.event_id.map(|s| s.0).unwrap_or(Cow::Borrowed("")),
             event_name,

@@ -100,7 +100,13 @@ impl Coalescer {
             }
             None => {
                 self.index[g].insert(key.clone(), self.entries.len());
-                self.entries.push(KeyEntry { key, group: g, changed_at_ms, first_record: record, more_records: Vec::new() });
+                self.entries.push(KeyEntry {
+                    key,
+                    group: g,
+                    changed_at_ms,
+                    first_record: record,
+                    more_records: Vec::new(),
+                });
             }
         }
     }
@@ -125,7 +131,9 @@ impl Coalescer {
                 changed_at_ms: u64::MAX, // widest number: the real one is never longer
                 keys: Vec::new(),
             };
-            let base = serde_json::to_string(&header_template).map(|s| escaped_len(&s)).unwrap_or(512);
+            let base = serde_json::to_string(&header_template)
+                .map(|s| escaped_len(&s))
+                .unwrap_or(512);
             let mut current: Vec<&KeyEntry> = Vec::new();
             let mut cost = base;
             for e in self.entries.iter().filter(|e| e.group == g) {
@@ -207,17 +215,22 @@ pub async fn publish_all(
 ) -> Vec<(usize, String)> {
     let requests = batch_requests(packed);
     let calls = requests.len();
-    let results: Vec<(std::ops::Range<usize>, Result<Vec<Result<(), String>>, String>)> =
-        futures::stream::iter(requests.into_iter().map(|range| {
-            let entries: Vec<Outbound> = packed[range.clone()].iter().map(|p| p.outbound.clone()).collect();
-            async move {
-                let r = publisher.publish_batch(&entries).await;
-                (range, r)
-            }
-        }))
-        .buffer_unordered(4)
-        .collect()
-        .await;
+    let results: Vec<(
+        std::ops::Range<usize>,
+        Result<Vec<Result<(), String>>, String>,
+    )> = futures::stream::iter(requests.into_iter().map(|range| {
+        let entries: Vec<Outbound> = packed[range.clone()]
+            .iter()
+            .map(|p| p.outbound.clone())
+            .collect();
+        async move {
+            let r = publisher.publish_batch(&entries).await;
+            (range, r)
+        }
+    }))
+    .buffer_unordered(4)
+    .collect()
+    .await;
 
     let mut failed = Vec::new();
     let mut failures = 0usize;
@@ -226,12 +239,21 @@ pub async fn publish_all(
         for (offset, p) in packed[range.clone()].iter().enumerate() {
             let outcome = match &result {
                 Err(e) => Err(e.clone()),
-                Ok(per_entry) => per_entry.get(offset).cloned().unwrap_or_else(|| Err("no result for entry".into())),
+                Ok(per_entry) => per_entry
+                    .get(offset)
+                    .cloned()
+                    .unwrap_or_else(|| Err("no result for entry".into())),
             };
             match outcome {
                 Ok(()) => {
-                    let source = p.outbound.attributes.iter().find(|(k, _)| *k == message::ATTR_SOURCE);
-                    let e = sent.entry(source.map_or("", |(_, v)| v.as_str())).or_default();
+                    let source = p
+                        .outbound
+                        .attributes
+                        .iter()
+                        .find(|(k, _)| *k == message::ATTR_SOURCE);
+                    let e = sent
+                        .entry(source.map_or("", |(_, v)| v.as_str()))
+                        .or_default();
                     e.0 += p.keys;
                     e.1 += 1;
                     e.2 += p.outbound.body.len();
@@ -239,7 +261,11 @@ pub async fn publish_all(
                 Err(e) => {
                     failures += 1;
                     tracing::warn!(message = %p.outbound.id, keys = p.keys, error = %e, "invalidation publish failed");
-                    failed.extend(p.records.iter().map(|r| (*r, format!("publish failed: {e}"))));
+                    failed.extend(
+                        p.records
+                            .iter()
+                            .map(|r| (*r, format!("publish failed: {e}"))),
+                    );
                 }
             }
         }
@@ -312,7 +338,12 @@ pub struct InvalidationStage<'p> {
 
 impl<'p> InvalidationStage<'p> {
     pub fn new(publisher: &'p dyn Publish, function: &'p str, region: &'p str) -> Self {
-        Self { publisher, function, region, coalescer: Coalescer::default() }
+        Self {
+            publisher,
+            function,
+            region,
+            coalescer: Coalescer::default(),
+        }
     }
 
     pub fn coalescer(&self) -> &Coalescer {
@@ -335,7 +366,16 @@ impl<'c, 'r> Stage<TableChange<'c, 'r>> for InvalidationStage<'_> {
             .origin_region
             .as_deref()
             .and_then(|a| c.record.new.as_ref().and_then(|i| i.scalar(a)))
-            .map_or_else(|| if c.record.region.is_empty() { self.region.to_owned() } else { c.record.region.to_string() }, |s| s.into_owned());
+            .map_or_else(
+                || {
+                    if c.record.region.is_empty() {
+                        self.region.to_owned()
+                    } else {
+                        c.record.region.to_string()
+                    }
+                },
+                |s| s.into_owned(),
+            );
         let changed_at = t
             .app_attributes
             .written_at_ms
@@ -344,7 +384,11 @@ impl<'c, 'r> Stage<TableChange<'c, 'r>> for InvalidationStage<'_> {
             .and_then(|a| c.record.new.as_ref().and_then(|i| i.scalar(a)))
             .and_then(|v| v.parse::<f64>().ok())
             .map_or(c.record.approx_created_ms, |ms| ms as u64);
-        let group = Group { source: t.name.clone(), origin_region: origin, replicated: t.replicated };
+        let group = Group {
+            source: t.name.clone(),
+            origin_region: origin,
+            replicated: t.replicated,
+        };
         let co = &mut self.coalescer;
         table_keys(t, &c.record, |k| co.add(&group, k, index, changed_at));
         Ok(())
@@ -366,11 +410,21 @@ impl<'c> Stage<ObjectEvent<'c>> for InvalidationStage<'_> {
     fn observe(&mut self, index: usize, ev: &ObjectEvent<'c>) -> Result<(), String> {
         let b = ev.bucket;
         for c in &ev.changes {
-            if !matches!(c.kind, ObjectEventKind::Created | ObjectEventKind::Deleted) || c.key.starts_with(ev.heartbeat_prefix) {
+            if !matches!(c.kind, ObjectEventKind::Created | ObjectEventKind::Deleted)
+                || c.key.starts_with(ev.heartbeat_prefix)
+            {
                 continue;
             }
-            let region = if c.region.is_empty() { self.region.to_owned() } else { c.region.clone() };
-            let group = Group { source: b.name.clone(), origin_region: region, replicated: b.replicated };
+            let region = if c.region.is_empty() {
+                self.region.to_owned()
+            } else {
+                c.region.clone()
+            };
+            let group = Group {
+                source: b.name.clone(),
+                origin_region: region,
+                replicated: b.replicated,
+            };
             let co = &mut self.coalescer;
             object_keys(b, &c.key, |k| co.add(&group, k, index, c.event_time_ms));
         }
@@ -430,12 +484,17 @@ cache_keys = ["user:{pk}", "user-email:{email}"]
         let raw = r#"{"eventName":"REMOVE","dynamodb":{"Keys":{"pk":{"S":"1"}},"SequenceNumber":"1",
           "OldImage":{"pk":{"S":"1"},"email":{"S":"a@x"}}}}"#;
         assert_eq!(keys_of(raw), ["user-email:a@x", "user:1"]);
-        let keys_only = r#"{"eventName":"REMOVE","dynamodb":{"Keys":{"pk":{"S":"1"}},"SequenceNumber":"1"}}"#;
+        let keys_only =
+            r#"{"eventName":"REMOVE","dynamodb":{"Keys":{"pk":{"S":"1"}},"SequenceNumber":"1"}}"#;
         assert_eq!(keys_of(keys_only), ["user:1"]);
     }
 
     fn group() -> Group {
-        Group { source: "users".into(), origin_region: "us-east-1".into(), replicated: true }
+        Group {
+            source: "users".into(),
+            origin_region: "us-east-1".into(),
+            replicated: true,
+        }
     }
 
     #[test]
@@ -458,7 +517,12 @@ cache_keys = ["user:{pk}", "user-email:{email}"]
         let mut c = Coalescer::default();
         for i in 0..20_000 {
             // quotes, backslashes and non-ASCII all grow when escaped
-            c.add(&group(), format!("user:\"{i}\"\\é日本:{}", "x".repeat(20)), i, 1);
+            c.add(
+                &group(),
+                format!("user:\"{i}\"\\é日本:{}", "x".repeat(20)),
+                i,
+                1,
+            );
         }
         let packed = c.pack(BODY_BUDGET);
         assert!(packed.len() > 1);
@@ -466,9 +530,16 @@ cache_keys = ["user:{pk}", "user-email:{email}"]
         assert_eq!(total, 20_000);
         for p in &packed {
             // Simulate the SNS → SQS envelope: the body as a JSON string inside another document.
-            let enveloped = serde_json::to_string(&serde_json::json!({"Type": "Notification", "Message": p.outbound.body})).unwrap();
+            let enveloped = serde_json::to_string(
+                &serde_json::json!({"Type": "Notification", "Message": p.outbound.body}),
+            )
+            .unwrap();
             assert!(escaped_len(&p.outbound.body) <= BODY_BUDGET);
-            assert!(enveloped.len() + ENVELOPE_HEADROOM / 2 < SNS_MAX_BYTES, "{}", enveloped.len());
+            assert!(
+                enveloped.len() + ENVELOPE_HEADROOM / 2 < SNS_MAX_BYTES,
+                "{}",
+                enveloped.len()
+            );
             assert!(p.outbound.sns_size() <= SNS_MAX_BYTES);
         }
         // Nearly full messages: ceil(total cost / budget) messages, not more.
@@ -479,7 +550,11 @@ cache_keys = ["user:{pk}", "user-email:{email}"]
     #[test]
     fn requests_hold_at_most_ten_entries_and_256_kib() {
         let mk = |n: usize, size: usize| Packed {
-            outbound: Outbound { id: format!("m{n}"), body: "x".repeat(size), attributes: vec![] },
+            outbound: Outbound {
+                id: format!("m{n}"),
+                body: "x".repeat(size),
+                attributes: vec![],
+            },
             records: vec![],
             keys: 1,
         };

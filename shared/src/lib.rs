@@ -33,7 +33,10 @@ pub fn now_ms() -> u64 {
 pub mod runtime {
     /// Logs an init failure as one structured line and turns it into the process error, so
     /// Lambda reports it (Runtime.ExitError) with the message naming the setting.
-    pub fn init_failed(function: &str, error: impl std::fmt::Display) -> Box<dyn std::error::Error + Send + Sync> {
+    pub fn init_failed(
+        function: &str,
+        error: impl std::fmt::Display,
+    ) -> Box<dyn std::error::Error + Send + Sync> {
         tracing::error!(function, error = %error, "init failed");
         format!("{function}: init failed: {error}").into()
     }

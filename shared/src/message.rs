@@ -30,10 +30,13 @@ pub struct Invalidation {
 
 impl Invalidation {
     pub fn decode(body: &str) -> Result<Self, DecodeError> {
-        let m: Invalidation =
-            serde_json::from_str(body).map_err(|e| DecodeError(format!("not an invalidation message: {e}")))?;
+        let m: Invalidation = serde_json::from_str(body)
+            .map_err(|e| DecodeError(format!("not an invalidation message: {e}")))?;
         if m.v != VERSION {
-            return Err(DecodeError(format!("unsupported invalidation message version {}", m.v)));
+            return Err(DecodeError(format!(
+                "unsupported invalidation message version {}",
+                m.v
+            )));
         }
         Ok(m)
     }

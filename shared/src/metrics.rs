@@ -98,23 +98,142 @@ use Dim::*;
 /// The catalog. The dashboard and alarms in `template.yaml` use these names and dimensions;
 /// `tidemark metrics` prints this table.
 pub const CATALOG: &[Spec] = &[
-    Spec { metric: Metric::RecordsProcessed, name: "RecordsProcessed", unit: Unit::Count, dimensions: &[Function], high_resolution: false, help: "records finished (done or deliberately skipped)" },
-    Spec { metric: Metric::RecordsFailed, name: "RecordsFailed", unit: Unit::Count, dimensions: &[Function], high_resolution: false, help: "records reported as batch item failures (retried by Lambda)" },
-    Spec { metric: Metric::RecordsRejected, name: "RecordsRejected", unit: Unit::Count, dimensions: &[Function], high_resolution: false, help: "records that can never be interpreted, sent to the dead-letter store" },
-    Spec { metric: Metric::InvalidationKeys, name: "InvalidationKeys", unit: Unit::Count, dimensions: &[Function, Source], high_resolution: false, help: "distinct cache keys published per batch" },
-    Spec { metric: Metric::InvalidationMessages, name: "InvalidationMessages", unit: Unit::Count, dimensions: &[Function, Source], high_resolution: false, help: "SNS messages published" },
-    Spec { metric: Metric::InvalidationBytes, name: "InvalidationBytes", unit: Unit::Bytes, dimensions: &[Function, Source], high_resolution: false, help: "bytes of invalidation message bodies published" },
-    Spec { metric: Metric::PublishCalls, name: "PublishCalls", unit: Unit::Count, dimensions: &[Function], high_resolution: false, help: "SNS PublishBatch calls" },
-    Spec { metric: Metric::PublishFailures, name: "PublishFailures", unit: Unit::Count, dimensions: &[Function], high_resolution: false, help: "SNS entries or calls that failed (their records are retried)" },
-    Spec { metric: Metric::KeysInvalidated, name: "KeysInvalidated", unit: Unit::Count, dimensions: &[Function], high_resolution: false, help: "keys UNLINKed in the regional cache" },
-    Spec { metric: Metric::InvalidationAge, name: "InvalidationAge", unit: Unit::Milliseconds, dimensions: &[Function], high_resolution: false, help: "change time → cache delete" },
-    Spec { metric: Metric::CacheFailures, name: "CacheFailures", unit: Unit::Count, dimensions: &[Function], high_resolution: false, help: "cache round trips that failed (their messages are retried)" },
-    Spec { metric: Metric::ReplicationLag, name: "ReplicationLag", unit: Unit::Milliseconds, dimensions: &[Source, SourceRegion, DestinationRegion], high_resolution: false, help: "write in the source region → record in the destination region" },
-    Spec { metric: Metric::HeartbeatAge, name: "HeartbeatAge", unit: Unit::Seconds, dimensions: &[Source, SourceRegion, DestinationRegion], high_resolution: false, help: "age of the newest peer heartbeat seen in this region (stall detector; alarm on Maximum)" },
-    Spec { metric: Metric::HeartbeatsWritten, name: "HeartbeatsWritten", unit: Unit::Count, dimensions: &[Source], high_resolution: false, help: "heartbeats written by the canary" },
-    Spec { metric: Metric::ResidencyViolations, name: "ResidencyViolations", unit: Unit::Count, dimensions: &[Source, Rule], high_resolution: false, help: "items or objects found in a region their rule does not allow" },
-    Spec { metric: Metric::ResidencyActions, name: "ResidencyActions", unit: Unit::Count, dimensions: &[Source, Action], high_resolution: false, help: "residency actions taken (delete-replica, hold, alert, report)" },
-    Spec { metric: Metric::ReplicationFailures, name: "ReplicationFailures", unit: Unit::Count, dimensions: &[Source, Event], high_resolution: false, help: "S3 replication failure and threshold events" },
+    Spec {
+        metric: Metric::RecordsProcessed,
+        name: "RecordsProcessed",
+        unit: Unit::Count,
+        dimensions: &[Function],
+        high_resolution: false,
+        help: "records finished (done or deliberately skipped)",
+    },
+    Spec {
+        metric: Metric::RecordsFailed,
+        name: "RecordsFailed",
+        unit: Unit::Count,
+        dimensions: &[Function],
+        high_resolution: false,
+        help: "records reported as batch item failures (retried by Lambda)",
+    },
+    Spec {
+        metric: Metric::RecordsRejected,
+        name: "RecordsRejected",
+        unit: Unit::Count,
+        dimensions: &[Function],
+        high_resolution: false,
+        help: "records that can never be interpreted, sent to the dead-letter store",
+    },
+    Spec {
+        metric: Metric::InvalidationKeys,
+        name: "InvalidationKeys",
+        unit: Unit::Count,
+        dimensions: &[Function, Source],
+        high_resolution: false,
+        help: "distinct cache keys published per batch",
+    },
+    Spec {
+        metric: Metric::InvalidationMessages,
+        name: "InvalidationMessages",
+        unit: Unit::Count,
+        dimensions: &[Function, Source],
+        high_resolution: false,
+        help: "SNS messages published",
+    },
+    Spec {
+        metric: Metric::InvalidationBytes,
+        name: "InvalidationBytes",
+        unit: Unit::Bytes,
+        dimensions: &[Function, Source],
+        high_resolution: false,
+        help: "bytes of invalidation message bodies published",
+    },
+    Spec {
+        metric: Metric::PublishCalls,
+        name: "PublishCalls",
+        unit: Unit::Count,
+        dimensions: &[Function],
+        high_resolution: false,
+        help: "SNS PublishBatch calls",
+    },
+    Spec {
+        metric: Metric::PublishFailures,
+        name: "PublishFailures",
+        unit: Unit::Count,
+        dimensions: &[Function],
+        high_resolution: false,
+        help: "SNS entries or calls that failed (their records are retried)",
+    },
+    Spec {
+        metric: Metric::KeysInvalidated,
+        name: "KeysInvalidated",
+        unit: Unit::Count,
+        dimensions: &[Function],
+        high_resolution: false,
+        help: "keys UNLINKed in the regional cache",
+    },
+    Spec {
+        metric: Metric::InvalidationAge,
+        name: "InvalidationAge",
+        unit: Unit::Milliseconds,
+        dimensions: &[Function],
+        high_resolution: false,
+        help: "change time → cache delete",
+    },
+    Spec {
+        metric: Metric::CacheFailures,
+        name: "CacheFailures",
+        unit: Unit::Count,
+        dimensions: &[Function],
+        high_resolution: false,
+        help: "cache round trips that failed (their messages are retried)",
+    },
+    Spec {
+        metric: Metric::ReplicationLag,
+        name: "ReplicationLag",
+        unit: Unit::Milliseconds,
+        dimensions: &[Source, SourceRegion, DestinationRegion],
+        high_resolution: false,
+        help: "write in the source region → record in the destination region",
+    },
+    Spec {
+        metric: Metric::HeartbeatAge,
+        name: "HeartbeatAge",
+        unit: Unit::Seconds,
+        dimensions: &[Source, SourceRegion, DestinationRegion],
+        high_resolution: false,
+        help: "age of the newest peer heartbeat seen in this region (stall detector; alarm on Maximum)",
+    },
+    Spec {
+        metric: Metric::HeartbeatsWritten,
+        name: "HeartbeatsWritten",
+        unit: Unit::Count,
+        dimensions: &[Source],
+        high_resolution: false,
+        help: "heartbeats written by the canary",
+    },
+    Spec {
+        metric: Metric::ResidencyViolations,
+        name: "ResidencyViolations",
+        unit: Unit::Count,
+        dimensions: &[Source, Rule],
+        high_resolution: false,
+        help: "items or objects found in a region their rule does not allow",
+    },
+    Spec {
+        metric: Metric::ResidencyActions,
+        name: "ResidencyActions",
+        unit: Unit::Count,
+        dimensions: &[Source, Action],
+        high_resolution: false,
+        help: "residency actions taken (delete-replica, hold, alert, report)",
+    },
+    Spec {
+        metric: Metric::ReplicationFailures,
+        name: "ReplicationFailures",
+        unit: Unit::Count,
+        dimensions: &[Source, Event],
+        high_resolution: false,
+        help: "S3 replication failure and threshold events",
+    },
 ];
 
 impl Metric {
@@ -136,20 +255,33 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(namespace: &str) -> Self {
-        Self { namespace: namespace.to_owned(), groups: BTreeMap::new() }
+        Self {
+            namespace: namespace.to_owned(),
+            groups: BTreeMap::new(),
+        }
     }
 
     /// Records one value. The dimensions must be exactly the catalog's for this metric;
     /// a mismatch is a programming error caught by tests, and is dropped in release.
     pub fn put(&mut self, metric: Metric, dims: &[(Dim, &str)], value: f64) {
         let spec = metric.spec();
-        let ok = dims.len() == spec.dimensions.len() && dims.iter().zip(spec.dimensions).all(|((d, _), s)| d == s);
-        debug_assert!(ok, "dimensions of {} must be {:?}", spec.name, spec.dimensions);
+        let ok = dims.len() == spec.dimensions.len()
+            && dims.iter().zip(spec.dimensions).all(|((d, _), s)| d == s);
+        debug_assert!(
+            ok,
+            "dimensions of {} must be {:?}",
+            spec.name, spec.dimensions
+        );
         if !ok || !value.is_finite() {
             return;
         }
         let key: DimKey = dims.iter().map(|(d, v)| (*d, (*v).to_owned())).collect();
-        self.groups.entry(key).or_default().entry(metric).or_default().push(value);
+        self.groups
+            .entry(key)
+            .or_default()
+            .entry(metric)
+            .or_default()
+            .push(value);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -164,7 +296,9 @@ impl Metrics {
             let mut chunks: Vec<Vec<(Metric, &[f64])>> = vec![Vec::new()];
             for (metric, values) in &metrics {
                 for part in values.chunks(MAX_VALUES) {
-                    let needs_new = chunks.last().is_some_and(|c| c.len() >= MAX_METRICS || c.iter().any(|(m, _)| m == metric));
+                    let needs_new = chunks.last().is_some_and(|c| {
+                        c.len() >= MAX_METRICS || c.iter().any(|(m, _)| m == metric)
+                    });
                     if needs_new {
                         chunks.push(Vec::new());
                     }
@@ -198,7 +332,11 @@ impl Metrics {
                     doc.insert(d.name().into(), json!(v));
                 }
                 for (m, values) in chunk {
-                    let v = if values.len() == 1 { json!(values[0]) } else { json!(values) };
+                    let v = if values.len() == 1 {
+                        json!(values[0])
+                    } else {
+                        json!(values)
+                    };
                     doc.insert(m.spec().name.into(), v);
                 }
                 docs.push(Value::Object(doc));
@@ -242,20 +380,37 @@ mod tests {
         let mut m = Metrics::new("Tidemark");
         m.put(Metric::RecordsProcessed, &[(Dim::Function, "sp")], 3.0);
         m.put(Metric::RecordsFailed, &[(Dim::Function, "sp")], 1.0);
-        let lag = [(Dim::Source, "users"), (Dim::SourceRegion, "us-east-1"), (Dim::DestinationRegion, "eu-west-1")];
+        let lag = [
+            (Dim::Source, "users"),
+            (Dim::SourceRegion, "us-east-1"),
+            (Dim::DestinationRegion, "eu-west-1"),
+        ];
         m.put(Metric::ReplicationLag, &lag, 120.0);
         m.put(Metric::ReplicationLag, &lag, 80.0);
         let mut out = Vec::new();
         m.flush_to(&mut out, 1000).unwrap();
-        let docs: Vec<Value> = String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let docs: Vec<Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(docs.len(), 2);
         let sp = docs.iter().find(|d| d["Function"] == "sp").unwrap();
         assert_eq!(sp["_aws"]["CloudWatchMetrics"][0]["Namespace"], "Tidemark");
-        assert_eq!(sp["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0][0], "Function");
+        assert_eq!(
+            sp["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0][0],
+            "Function"
+        );
         assert_eq!(sp["RecordsProcessed"], 3.0);
-        let lag = docs.iter().find(|d| d.get("ReplicationLag").is_some()).unwrap();
+        let lag = docs
+            .iter()
+            .find(|d| d.get("ReplicationLag").is_some())
+            .unwrap();
         assert_eq!(lag["ReplicationLag"], json!([120.0, 80.0]));
-        assert_eq!(lag["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"], "Milliseconds");
+        assert_eq!(
+            lag["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"],
+            "Milliseconds"
+        );
         assert!(m.is_empty());
     }
 
@@ -263,10 +418,17 @@ mod tests {
     fn more_than_100_values_split_documents() {
         let mut m = Metrics::new("T");
         for i in 0..250 {
-            m.put(Metric::InvalidationAge, &[(Dim::Function, "ci")], f64::from(i));
+            m.put(
+                Metric::InvalidationAge,
+                &[(Dim::Function, "ci")],
+                f64::from(i),
+            );
         }
         let docs = m.drain_documents(0);
         assert_eq!(docs.len(), 3);
-        assert!(docs.iter().all(|d| d["InvalidationAge"].as_array().unwrap().len() <= MAX_VALUES));
+        assert!(
+            docs.iter()
+                .all(|d| d["InvalidationAge"].as_array().unwrap().len() <= MAX_VALUES)
+        );
     }
 }

@@ -147,8 +147,8 @@ struct S3Object {
 impl ObjectMessage {
     /// Decodes one SQS body. Unknown shapes are errors (they go to the dead-letter queue).
     pub fn decode(body: &str) -> Result<Self, DecodeError> {
-        let probe: Probe<'_> =
-            serde_json::from_str(body).map_err(|e| DecodeError(format!("object event is not JSON: {e}")))?;
+        let probe: Probe<'_> = serde_json::from_str(body)
+            .map_err(|e| DecodeError(format!("object event is not JSON: {e}")))?;
         if probe.event.as_deref() == Some("s3:TestEvent") {
             return Ok(ObjectMessage::TestEvent);
         }
@@ -158,20 +158,29 @@ impl ObjectMessage {
         if probe.records.is_some() {
             return decode_notification(body).map(ObjectMessage::Changes);
         }
-        Err(DecodeError("unknown object event shape: neither EventBridge nor S3 notification".into()))
+        Err(DecodeError(
+            "unknown object event shape: neither EventBridge nor S3 notification".into(),
+        ))
     }
 }
 
 fn decode_eventbridge(body: &str) -> Result<ObjectChange, DecodeError> {
-    let e: EbEvent =
-        serde_json::from_str(body).map_err(|e| DecodeError(format!("malformed EventBridge S3 event: {e}")))?;
+    let e: EbEvent = serde_json::from_str(body)
+        .map_err(|e| DecodeError(format!("malformed EventBridge S3 event: {e}")))?;
     if e.source != "aws.s3" {
-        return Err(DecodeError(format!("EventBridge event from unexpected source `{}`", e.source)));
+        return Err(DecodeError(format!(
+            "EventBridge event from unexpected source `{}`",
+            e.source
+        )));
     }
     let kind = match e.detail_type.as_str() {
         "Object Created" => ObjectEventKind::Created,
         "Object Deleted" => ObjectEventKind::Deleted,
-        other => return Err(DecodeError(format!("unsupported EventBridge detail-type `{other}`"))),
+        other => {
+            return Err(DecodeError(format!(
+                "unsupported EventBridge detail-type `{other}`"
+            )));
+        }
     };
     let _ = e.detail.deletion_type; // "Permanently Deleted" vs "Delete Marker Created": both invalidate
     Ok(ObjectChange {
@@ -187,17 +196,20 @@ fn decode_eventbridge(body: &str) -> Result<ObjectChange, DecodeError> {
 }
 
 fn decode_notification(body: &str) -> Result<Vec<ObjectChange>, DecodeError> {
-    let n: S3Notification =
-        serde_json::from_str(body).map_err(|e| DecodeError(format!("malformed S3 notification: {e}")))?;
+    let n: S3Notification = serde_json::from_str(body)
+        .map_err(|e| DecodeError(format!("malformed S3 notification: {e}")))?;
     n.records
         .into_iter()
         .map(|r| {
             let kind = notification_kind(&r.event_name)?;
-            let key = decode_form_key(&r.s3.object.key)
-                .ok_or_else(|| DecodeError("S3 notification key is not valid percent-encoded UTF-8".into()))?;
+            let key = decode_form_key(&r.s3.object.key).ok_or_else(|| {
+                DecodeError("S3 notification key is not valid percent-encoded UTF-8".into())
+            })?;
             let event_id = format!(
                 "{}:{}:{}",
-                r.response_elements.and_then(|x| x.request_id).unwrap_or_default(),
+                r.response_elements
+                    .and_then(|x| x.request_id)
+                    .unwrap_or_default(),
                 r.event_name,
                 r.s3.object.sequencer.as_deref().unwrap_or("")
             );
@@ -209,7 +221,11 @@ fn decode_notification(body: &str) -> Result<Vec<ObjectChange>, DecodeError> {
                 version_id: r.s3.object.version_id,
                 sequencer: r.s3.object.sequencer,
                 kind,
-                event_time_ms: r.event_time.as_deref().and_then(parse_rfc3339_ms).unwrap_or(0),
+                event_time_ms: r
+                    .event_time
+                    .as_deref()
+                    .and_then(parse_rfc3339_ms)
+                    .unwrap_or(0),
             })
         })
         .collect()
@@ -225,7 +241,9 @@ fn notification_kind(name: &str) -> Result<ObjectEventKind, DecodeError> {
         ObjectEventKind::Replication(match rep {
             "OperationFailedReplication" => ReplicationEvent::OperationFailedReplication,
             "OperationMissedThreshold" => ReplicationEvent::OperationMissedThreshold,
-            "OperationReplicatedAfterThreshold" => ReplicationEvent::OperationReplicatedAfterThreshold,
+            "OperationReplicatedAfterThreshold" => {
+                ReplicationEvent::OperationReplicatedAfterThreshold
+            }
             "OperationNotTracked" => ReplicationEvent::OperationNotTracked,
             other => return Err(DecodeError(format!("unknown replication event `{other}`"))),
         })
@@ -261,7 +279,9 @@ pub fn encode_form_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len() * 3 / 2);
     for b in key.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
             b' ' => out.push('+'),
             _ => out.push_str(&format!("%{b:02X}")),
         }
@@ -310,7 +330,14 @@ mod tests {
 
     #[test]
     fn form_keys_round_trip_awkward_characters() {
-        for key in ["red flower.jpg", "a+b", "100%/x", "dir/sub/é 日本.txt", "~tilde", "q?=&"] {
+        for key in [
+            "red flower.jpg",
+            "a+b",
+            "100%/x",
+            "dir/sub/é 日本.txt",
+            "~tilde",
+            "q?=&",
+        ] {
             let enc = encode_form_key(key);
             assert_eq!(decode_form_key(&enc).unwrap(), key, "{enc}");
         }
@@ -326,7 +353,9 @@ mod tests {
           "time":"2024-05-01T12:00:00Z","region":"eu-west-1","resources":[],
           "detail":{"version":"0","bucket":{"name":"b"},"object":{"key":"a+b c%2B.txt","size":1,"version-id":"v1","sequencer":"00A"},
           "request-id":"r","requester":"x","reason":"PutObject"}}"#;
-        let ObjectMessage::Changes(c) = ObjectMessage::decode(body).unwrap() else { panic!() };
+        let ObjectMessage::Changes(c) = ObjectMessage::decode(body).unwrap() else {
+            panic!()
+        };
         assert_eq!(c[0].key, "a+b c%2B.txt");
         assert_eq!(c[0].version_id.as_deref(), Some("v1"));
         assert_eq!(c[0].kind, ObjectEventKind::Created);
@@ -338,7 +367,9 @@ mod tests {
         let body = r#"{"Records":[{"eventVersion":"2.1","eventSource":"aws:s3","awsRegion":"us-east-1",
           "eventTime":"2024-05-01T12:00:00.250Z","eventName":"ObjectRemoved:DeleteMarkerCreated",
           "s3":{"bucket":{"name":"b"},"object":{"key":"red+flower%2B.jpg","versionId":"v9","sequencer":"01"}}}]}"#;
-        let ObjectMessage::Changes(c) = ObjectMessage::decode(body).unwrap() else { panic!() };
+        let ObjectMessage::Changes(c) = ObjectMessage::decode(body).unwrap() else {
+            panic!()
+        };
         assert_eq!(c[0].key, "red flower+.jpg");
         assert_eq!(c[0].kind, ObjectEventKind::Deleted);
         assert_eq!(c[0].event_time_ms, 1_714_564_800_250);
@@ -348,10 +379,16 @@ mod tests {
     fn replication_and_test_events() {
         let body = r#"{"Records":[{"eventName":"Replication:OperationFailedReplication","awsRegion":"us-east-1",
           "s3":{"bucket":{"name":"b"},"object":{"key":"k"}}}]}"#;
-        let ObjectMessage::Changes(c) = ObjectMessage::decode(body).unwrap() else { panic!() };
-        assert_eq!(c[0].kind, ObjectEventKind::Replication(ReplicationEvent::OperationFailedReplication));
+        let ObjectMessage::Changes(c) = ObjectMessage::decode(body).unwrap() else {
+            panic!()
+        };
         assert_eq!(
-            ObjectMessage::decode(r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Bucket":"b"}"#).unwrap(),
+            c[0].kind,
+            ObjectEventKind::Replication(ReplicationEvent::OperationFailedReplication)
+        );
+        assert_eq!(
+            ObjectMessage::decode(r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Bucket":"b"}"#)
+                .unwrap(),
             ObjectMessage::TestEvent
         );
         assert!(ObjectMessage::decode(r#"{"hello":1}"#).is_err());

@@ -30,10 +30,19 @@ pub enum Outcome {
 /// Result of decoding one raw record.
 #[derive(Debug)]
 pub enum Decoded<C> {
-    Ok { id: String, change: C },
+    Ok {
+        id: String,
+        change: C,
+    },
     /// Nothing to do, not an error.
-    Skip { id: Option<String>, why: &'static str },
-    Reject { id: Option<String>, reason: String },
+    Skip {
+        id: Option<String>,
+        why: &'static str,
+    },
+    Reject {
+        id: Option<String>,
+        reason: String,
+    },
 }
 
 /// One step of work over a batch. `observe` is pure planning; `flush` does the batch's I/O
@@ -61,7 +70,11 @@ impl BatchReport {
             if let Outcome::Retry(why) = outcome {
                 match id {
                     Some(id) => out.push(id.clone()),
-                    None => return Err(format!("a record without an identifier must be retried: {why}")),
+                    None => {
+                        return Err(format!(
+                            "a record without an identifier must be retried: {why}"
+                        ));
+                    }
                 }
             }
         }
@@ -97,7 +110,10 @@ pub async fn run<'r, C, D>(
 where
     D: Fn(&'r str) -> Decoded<C>,
 {
-    let mut report = BatchReport { ids: Vec::with_capacity(raws.len()), outcomes: Vec::with_capacity(raws.len()) };
+    let mut report = BatchReport {
+        ids: Vec::with_capacity(raws.len()),
+        outcomes: Vec::with_capacity(raws.len()),
+    };
     let mut changes: Vec<Option<C>> = Vec::with_capacity(raws.len());
 
     for (index, raw) in raws.iter().enumerate() {
@@ -124,7 +140,10 @@ where
 
     for stage in stages.iter_mut() {
         let name = stage.name();
-        let failures = stage.flush(metrics).instrument(info_span!("flush", stage = name)).await;
+        let failures = stage
+            .flush(metrics)
+            .instrument(info_span!("flush", stage = name))
+            .await;
         for (index, reason) in failures {
             if let Some(o) = report.outcomes.get_mut(index)
                 && matches!(o, Outcome::Done)
@@ -151,9 +170,15 @@ where
     report
 }
 
-async fn dead_letter_rejects(ctx: Context<'_>, raws: &[&RawValue], report: &mut BatchReport, dl: &dyn DeadLetter) {
-    let rejects: Vec<usize> =
-        (0..report.outcomes.len()).filter(|i| matches!(report.outcomes[*i], Outcome::Reject(_))).collect();
+async fn dead_letter_rejects(
+    ctx: Context<'_>,
+    raws: &[&RawValue],
+    report: &mut BatchReport,
+    dl: &dyn DeadLetter,
+) {
+    let rejects: Vec<usize> = (0..report.outcomes.len())
+        .filter(|i| matches!(report.outcomes[*i], Outcome::Reject(_)))
+        .collect();
     if rejects.is_empty() {
         return;
     }
@@ -231,17 +256,31 @@ mod tests {
 
     fn decode(raw: &str) -> Decoded<StreamRecord<'_>> {
         match StreamRecord::decode(raw) {
-            Ok(r) => Decoded::Ok { id: r.sequence_number.to_string(), change: r },
-            Err(e) => Decoded::Reject { id: StreamRecord::salvage_id(raw), reason: e.0 },
+            Ok(r) => Decoded::Ok {
+                id: r.sequence_number.to_string(),
+                change: r,
+            },
+            Err(e) => Decoded::Reject {
+                id: StreamRecord::salvage_id(raw),
+                reason: e.0,
+            },
         }
     }
 
-    const CTX: Context<'static> = Context { function: "test", source: "users" };
+    const CTX: Context<'static> = Context {
+        function: "test",
+        source: "users",
+    };
 
     #[tokio::test]
     async fn poison_record_is_rejected_alone_and_failures_are_reported() {
         let poison = r#"{"eventID":"p","eventName":"INSERT","dynamodb":{"Keys":{"pk":{"Q":"x"}},"SequenceNumber":"3"}}"#;
-        let batch = format!(r#"{{"Records":[{},{},{poison},{}]}}"#, rec(1, "a"), rec(2, "fail"), rec(4, "b"));
+        let batch = format!(
+            r#"{{"Records":[{},{},{poison},{}]}}"#,
+            rec(1, "a"),
+            rec(2, "fail"),
+            rec(4, "b")
+        );
         let raws = split_batch(&batch).unwrap();
         let dl = MemoryDeadLetter::default();
         let mut stage = FlakyStage(vec![], 0);
@@ -251,7 +290,9 @@ mod tests {
         assert_eq!(stage.1, 3, "the stage saw every decodable record");
         assert_eq!(report.outcomes[0], Outcome::Done);
         assert!(matches!(report.outcomes[1], Outcome::Retry(_)));
-        assert!(matches!(&report.outcomes[2], Outcome::Reject(r) if r.contains("unknown attribute type tag `Q`")));
+        assert!(
+            matches!(&report.outcomes[2], Outcome::Reject(r) if r.contains("unknown attribute type tag `Q`"))
+        );
         assert_eq!(report.outcomes[3], Outcome::Done);
         assert_eq!(report.failed_ids().unwrap(), ["2"]);
         let dead = dl.0.lock().unwrap();
@@ -262,7 +303,10 @@ mod tests {
 
     #[tokio::test]
     async fn failed_dead_letter_write_turns_rejects_into_retries() {
-        let batch = format!(r#"{{"Records":[{},{{"dynamodb":{{"SequenceNumber":"9"}}}}]}}"#, rec(1, "a"));
+        let batch = format!(
+            r#"{{"Records":[{},{{"dynamodb":{{"SequenceNumber":"9"}}}}]}}"#,
+            rec(1, "a")
+        );
         let raws = split_batch(&batch).unwrap();
         let dl = MemoryDeadLetter(Mutex::default(), true);
         let mut metrics = Metrics::new("Tidemark");

@@ -16,7 +16,12 @@ pub struct Outbound {
 impl Outbound {
     /// Bytes SNS counts against the 256 KiB limit: body plus attribute names, types, values.
     pub fn sns_size(&self) -> usize {
-        self.body.len() + self.attributes.iter().map(|(k, v)| k.len() + "String".len() + v.len()).sum::<usize>()
+        self.body.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + "String".len() + v.len())
+                .sum::<usize>()
     }
 }
 
@@ -24,7 +29,10 @@ impl Outbound {
 pub trait Publish: Send + Sync {
     /// One PublishBatch call (≤ 10 entries, ≤ 256 KiB). `Ok` holds one result per entry,
     /// in order: a successful call can still fail single entries. `Err` = the call failed.
-    fn publish_batch<'a>(&'a self, entries: &'a [Outbound]) -> BoxFuture<'a, Result<Vec<Result<(), String>>, String>>;
+    fn publish_batch<'a>(
+        &'a self,
+        entries: &'a [Outbound],
+    ) -> BoxFuture<'a, Result<Vec<Result<(), String>>, String>>;
 }
 
 /// A rejected record with everything needed to replay it.

@@ -48,6 +48,9 @@ pub fn flag(var: &'static str, default: bool) -> Result<bool, SettingsError> {
         None => Ok(default),
         Some("true" | "1") => Ok(true),
         Some("false" | "0") => Ok(false),
-        Some(other) => Err(SettingsError::Invalid { var, message: format!("expected true or false, found `{other}`") }),
+        Some(other) => Err(SettingsError::Invalid {
+            var,
+            message: format!("expected true or false, found `{other}`"),
+        }),
     }
 }

@@ -36,20 +36,35 @@ struct WireAttrs<'a> {
 
 impl<'a> SqsRecord<'a> {
     pub fn decode(raw: &'a str) -> Result<Self, DecodeError> {
-        let w: Wire<'a> = serde_json::from_str(raw).map_err(|e| DecodeError(format!("malformed SQS record: {e}")))?;
-        let message_id = w.message_id.ok_or_else(|| DecodeError("SQS record has no messageId".into()))?.0;
+        let w: Wire<'a> = serde_json::from_str(raw)
+            .map_err(|e| DecodeError(format!("malformed SQS record: {e}")))?;
+        let message_id = w
+            .message_id
+            .ok_or_else(|| DecodeError("SQS record has no messageId".into()))?
+            .0;
         if message_id.is_empty() {
             return Err(DecodeError("SQS record has an empty messageId".into()));
         }
-        let body = w.body.ok_or_else(|| DecodeError("SQS record has no body".into()))?.0;
+        let body = w
+            .body
+            .ok_or_else(|| DecodeError("SQS record has no body".into()))?
+            .0;
         let (sent_ms, receive_count) = match &w.attributes {
             Some(a) => (
                 a.sent.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0),
-                a.receive_count.as_deref().and_then(|s| s.parse().ok()).unwrap_or(1),
+                a.receive_count
+                    .as_deref()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(1),
             ),
             None => (0, 1),
         };
-        Ok(SqsRecord { message_id, body, sent_ms, receive_count })
+        Ok(SqsRecord {
+            message_id,
+            body,
+            sent_ms,
+            receive_count,
+        })
     }
 
     /// Best-effort message id of a record that failed to decode.
@@ -59,7 +74,10 @@ impl<'a> SqsRecord<'a> {
             #[serde(rename = "messageId")]
             message_id: Option<String>,
         }
-        serde_json::from_str::<P>(raw).ok()?.message_id.filter(|m| !m.is_empty())
+        serde_json::from_str::<P>(raw)
+            .ok()?
+            .message_id
+            .filter(|m| !m.is_empty())
     }
 }
 

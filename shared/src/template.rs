@@ -48,12 +48,17 @@ impl Template {
                     i += 2;
                 }
                 b'{' => {
-                    let close = source[i + 1..].find('}').ok_or(TemplateError::Unclosed(i))?;
+                    let close = source[i + 1..]
+                        .find('}')
+                        .ok_or(TemplateError::Unclosed(i))?;
                     let name = &source[i + 1..i + 1 + close];
                     if name.is_empty() {
                         return Err(TemplateError::Empty(i));
                     }
-                    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+                    if !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                    {
                         return Err(TemplateError::BadName(name.to_owned()));
                     }
                     if !literal.is_empty() {
@@ -77,7 +82,10 @@ impl Template {
         if !parts.iter().any(|p| matches!(p, Part::Placeholder(_))) {
             return Err(TemplateError::NoPlaceholder);
         }
-        Ok(Self { source: source.to_owned(), parts })
+        Ok(Self {
+            source: source.to_owned(),
+            parts,
+        })
     }
 
     pub fn source(&self) -> &str {
@@ -146,6 +154,9 @@ mod tests {
         assert_eq!(Template::parse("u:{}"), Err(TemplateError::Empty(2)));
         assert_eq!(Template::parse("u:}"), Err(TemplateError::Unmatched(2)));
         assert_eq!(Template::parse("static"), Err(TemplateError::NoPlaceholder));
-        assert!(matches!(Template::parse("u:{a b}"), Err(TemplateError::BadName(_))));
+        assert!(matches!(
+            Template::parse("u:{a b}"),
+            Err(TemplateError::BadName(_))
+        ));
     }
 }

@@ -1,1 +1,464 @@
+//! System tests: real function binaries (built by cargo-lambda) under the Runtime API,
+//! moto behind the fault proxy, one redis-server per region. Assertions read state back
+//! from moto and redis, never the functions' own counters.
+//!
+//! Run with `scripts/test.sh` (it starts the emulators); `TIDEMARK_IN_PROCESS=1` runs the
+//! same handlers in-process.
 
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+use tidemark::message::Invalidation;
+use tidemark_tests::world::{Options, Stages, World};
+
+const NO_INVALIDATOR: Stages = Stages {
+    replication: true,
+    streams: true,
+    invalidator: false,
+};
+
+/// Keys announced in a region's invalidation queue (drained), minus the world prefix.
+async fn announced(w: &World, region: &str) -> Result<Vec<Invalidation>> {
+    let r = w.region(region);
+    let bodies = r.clients.drain(&r.queue_url).await?;
+    Ok(bodies
+        .iter()
+        .map(|b| Invalidation::decode(b).unwrap())
+        .collect())
+}
+
+fn keys(msgs: &[Invalidation], prefix: &str) -> BTreeSet<String> {
+    msgs.iter()
+        .flat_map(|m| m.keys.iter())
+        .map(|k| k.trim_start_matches(prefix).to_owned())
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+// ------------------------------------------------------------------ harness smoke tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn write_replicates_and_reaches_both_stream_processors() -> Result<()> {
+    let mut w = World::start(Options::default()).await?;
+    w.put_user("us-east-1", "u1", "a@example.com").await?;
+    w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
+        .await?;
+
+    assert_eq!(
+        w.get_user("eu-west-1", "u1").await?.as_deref(),
+        Some("a@example.com"),
+        "replicated to eu-west-1"
+    );
+    // Each region's stream-processor saw the change in its own replica's stream and
+    // published it to its own topic.
+    for region in ["us-east-1", "eu-west-1"] {
+        let msgs = announced(&w, region).await?;
+        assert_eq!(
+            keys(&msgs, &w.key_prefix),
+            set(&["user:u1", "user-email:a@example.com"]),
+            "{region}"
+        );
+        assert!(
+            msgs.iter()
+                .all(|m| m.origin_region == "us-east-1" && m.replicated)
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn pausing_replication_stops_one_direction_only() -> Result<()> {
+    let mut w = World::start(Options::default()).await?;
+    w.pause("us-east-1", "eu-west-1", true);
+    w.put_user("us-east-1", "from-us", "us@example.com").await?;
+    w.put_user("eu-west-1", "from-eu", "eu@example.com").await?;
+    w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
+        .await?;
+
+    assert_eq!(
+        w.get_user("eu-west-1", "from-us").await?,
+        None,
+        "paused direction carries nothing"
+    );
+    assert_eq!(
+        w.get_user("us-east-1", "from-eu").await?.as_deref(),
+        Some("eu@example.com"),
+        "other direction flows"
+    );
+    let eu = keys(&announced(&w, "eu-west-1").await?, &w.key_prefix);
+    assert!(
+        !eu.contains("user:from-us"),
+        "eu-west-1 must not announce data it does not hold: {eu:?}"
+    );
+
+    w.pause("us-east-1", "eu-west-1", false);
+    w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
+        .await?;
+    assert_eq!(
+        w.get_user("eu-west-1", "from-us").await?.as_deref(),
+        Some("us@example.com")
+    );
+    assert!(keys(&announced(&w, "eu-west-1").await?, &w.key_prefix).contains("user:from-us"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn poison_record_is_dead_lettered_and_neighbours_are_processed() -> Result<()> {
+    let mut w = World::start(Options::default()).await?;
+    w.pause("us-east-1", "eu-west-1", true);
+    w.put_user("us-east-1", "before", "b@example.com").await?;
+    // A record the stream could carry but no decoder can read: unknown type tag.
+    let arn = w.region("us-east-1").stream_arn.clone();
+    w.region_mut("us-east-1").stream_mapping.inject(json!({
+        "eventID": "poison", "eventName": "MODIFY", "eventSource": "aws:dynamodb", "awsRegion": "us-east-1",
+        "eventSourceARN": arn,
+        "dynamodb": {"Keys": {"pk": {"Q": "x"}}, "SequenceNumber": "999999999999999999999", "SizeBytes": 1}
+    }));
+    w.put_user("us-east-1", "after", "c@example.com").await?;
+    w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
+        .await?;
+
+    let dead = w.dead_letters("us-east-1").await?;
+    assert_eq!(
+        dead.len(),
+        1,
+        "exactly the poison record is dead-lettered: {dead:?}"
+    );
+    let entry: Value = serde_json::from_str(&dead[0])?;
+    assert_eq!(entry["id"], "999999999999999999999");
+    assert!(
+        entry["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unknown attribute type tag `Q`")
+    );
+    assert!(
+        entry["record"].as_str().unwrap().contains("\"poison\""),
+        "the whole record is kept for replay"
+    );
+    let got = keys(&announced(&w, "us-east-1").await?, &w.key_prefix);
+    assert!(
+        got.contains("user:before") && got.contains("user:after"),
+        "{got:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn sqs_mapping_redelivers_only_failed_messages() -> Result<()> {
+    let mut w = World::start(Options {
+        cross_region: false,
+        ..Options::default()
+    })
+    .await?;
+    let r = w.region("us-east-1");
+    let good = |k: &str| {
+        json!({"v":1,"source":"users","origin_region":"us-east-1","replicated":true,"changed_at_ms":1,"keys":[format!("{}{k}", w.key_prefix)]}).to_string()
+    };
+    for k in ["a", "b"] {
+        w.set_cached("us-east-1", k, "v").await?;
+        r.clients
+            .sqs
+            .send_message()
+            .queue_url(&r.queue_url)
+            .message_body(good(k))
+            .send()
+            .await?;
+    }
+    let bad = r
+        .clients
+        .sqs
+        .send_message()
+        .queue_url(&r.queue_url)
+        .message_body("{not an invalidation")
+        .send()
+        .await?;
+    let bad_id = bad.message_id().unwrap().to_owned();
+    // The rejected message's dead-letter write fails once: only it must come back.
+    w.proxy.fail("SendMessageBatch", 500, Some(4));
+    w.region("us-east-1").invalidation_mapping.step().await?;
+    {
+        let log = w
+            .region("us-east-1")
+            .invalidation_mapping
+            .log
+            .lock()
+            .unwrap()
+            .clone();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].0.len(), 3);
+        assert_eq!(log[0].1.as_ref().unwrap(), &vec![bad_id.clone()]);
+    }
+    assert!(
+        w.cached_keys("us-east-1").await?.is_empty(),
+        "good messages were applied"
+    );
+    w.proxy.clear_faults();
+    w.settle_with(Stages::ALL, Duration::from_secs(30)).await?;
+    let log = w
+        .region("us-east-1")
+        .invalidation_mapping
+        .log
+        .lock()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        log[1].0,
+        vec![bad_id],
+        "only the failed message is delivered again"
+    );
+    let r = w.region_mut("us-east-1");
+    let dlq = r.clients.drain(&r.queue_dlq_url.clone()).await?;
+    assert_eq!(dlq.len(), 1);
+    assert!(dlq[0].contains("not an invalidation message"));
+    Ok(())
+}
+
+// ------------------------------------------------------------------ invalidation publishing
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn insert_update_delete_and_ttl_publish_exactly_the_expected_keys() -> Result<()> {
+    let mut w = World::start(Options::default()).await?;
+    w.pause("us-east-1", "eu-west-1", true);
+    w.pause("eu-west-1", "us-east-1", true);
+    let calls_before = w.proxy.calls("PublishBatch");
+
+    w.put_user("us-east-1", "u1", "old@example.com").await?;
+    w.settle_with(NO_INVALIDATOR, Duration::from_secs(30))
+        .await?;
+    assert_eq!(
+        keys(&announced(&w, "us-east-1").await?, &w.key_prefix),
+        set(&["user:u1", "user-email:old@example.com"])
+    );
+
+    // A changed templated attribute invalidates the old and the new key.
+    w.put_user("us-east-1", "u1", "new@example.com").await?;
+    w.settle_with(NO_INVALIDATOR, Duration::from_secs(30))
+        .await?;
+    assert_eq!(
+        keys(&announced(&w, "us-east-1").await?, &w.key_prefix),
+        set(&[
+            "user:u1",
+            "user-email:old@example.com",
+            "user-email:new@example.com"
+        ])
+    );
+
+    w.delete_user("us-east-1", "u1").await?;
+    w.settle_with(NO_INVALIDATOR, Duration::from_secs(30))
+        .await?;
+    assert_eq!(
+        keys(&announced(&w, "us-east-1").await?, &w.key_prefix),
+        set(&["user:u1", "user-email:new@example.com"])
+    );
+
+    w.put_user("us-east-1", "u2", "ttl@example.com").await?;
+    w.settle_with(NO_INVALIDATOR, Duration::from_secs(30))
+        .await?;
+    announced(&w, "us-east-1").await?;
+    w.ttl_expire("us-east-1", "u2").await?;
+    w.settle_with(NO_INVALIDATOR, Duration::from_secs(30))
+        .await?;
+    assert_eq!(
+        keys(&announced(&w, "us-east-1").await?, &w.key_prefix),
+        set(&["user:u2", "user-email:ttl@example.com"])
+    );
+
+    // One PublishBatch per batch of changes (the only other publisher is eu-west-1's
+    // processor, which saw nothing: replication was paused).
+    assert_eq!(w.proxy.calls("PublishBatch") - calls_before, 5);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn many_changes_pack_into_few_messages_under_the_size_limit() -> Result<()> {
+    let mut w = World::start(Options {
+        stream: tidemark_tests::streams::MappingSettings {
+            batch_size: 1000,
+            ..Default::default()
+        },
+        ..Options::default()
+    })
+    .await?;
+    w.pause("us-east-1", "eu-west-1", true);
+    let before = w.proxy.calls("PublishBatch");
+    let n = 300;
+    for i in 0..n {
+        w.put_user(
+            "us-east-1",
+            &format!("user-{i:04}-{}", "x".repeat(200)),
+            &format!("e{i}@example.com"),
+        )
+        .await?;
+    }
+    w.settle_with(NO_INVALIDATOR, Duration::from_secs(120))
+        .await?;
+    let msgs = announced(&w, "us-east-1").await?;
+    assert_eq!(keys(&msgs, &w.key_prefix).len(), 2 * n);
+    let calls = w.proxy.calls("PublishBatch") - before;
+    assert!(
+        msgs.len() <= 2,
+        "{} messages for ~130 KiB of keys",
+        msgs.len()
+    );
+    assert!(calls <= 2, "{calls} PublishBatch calls");
+    for size in w.proxy.body_sizes("PublishBatch") {
+        assert!(size < 3 * 262_144, "form-encoded request of {size} bytes");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn sns_outage_loses_nothing() -> Result<()> {
+    // The outage is shorter than the mapping's retry budget (template: 10 attempts, 6 h).
+    let stream = tidemark_tests::streams::MappingSettings {
+        max_retries: 10,
+        ..Default::default()
+    };
+    let mut w = World::start(Options {
+        stream,
+        ..Options::default()
+    })
+    .await?;
+    w.pause("us-east-1", "eu-west-1", true);
+    w.proxy.fail("PublishBatch", 503, None);
+    for i in 0..5 {
+        w.put_user("us-east-1", &format!("o{i}"), &format!("o{i}@example.com"))
+            .await?;
+    }
+    for _ in 0..4 {
+        w.step(NO_INVALIDATOR).await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        announced(&w, "us-east-1").await?.is_empty(),
+        "nothing published during the outage"
+    );
+    let log = w
+        .region("us-east-1")
+        .stream_mapping
+        .log
+        .lock()
+        .unwrap()
+        .clone();
+    assert!(
+        log.iter()
+            .any(|(_, r)| r.as_ref().is_ok_and(|f| !f.is_empty())),
+        "records reported as failures: {log:?}"
+    );
+    w.proxy.clear_faults();
+    w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
+        .await?;
+    let got = keys(&announced(&w, "us-east-1").await?, &w.key_prefix);
+    for i in 0..5 {
+        assert!(
+            got.contains(&format!("user:o{i}")),
+            "o{i} announced after recovery: {got:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn object_events_invalidate_decoded_keys() -> Result<()> {
+    let mut w = World::start(Options::default()).await?;
+    w.pause("us-east-1", "eu-west-1", true);
+    let r = w.region("us-east-1");
+    let awkward = ["red flower.jpg", "a+b.txt", "100%/x.png", "dir/é 日本.txt"];
+    for k in awkward {
+        r.clients
+            .s3
+            .put_object()
+            .bucket(&r.bucket)
+            .key(k)
+            .body(b"x".to_vec().into())
+            .send()
+            .await?;
+    }
+    w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
+        .await?;
+    let got = keys(&announced(&w, "us-east-1").await?, &w.key_prefix);
+    let want: BTreeSet<String> = awkward.iter().map(|k| format!("asset:{k}")).collect();
+    assert_eq!(got, want);
+    Ok(())
+}
+
+// ------------------------------------------------------------------ invalidator, end to end
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn changes_in_both_regions_clear_both_caches_and_spare_untouched_keys() -> Result<()> {
+    let mut w = World::start(Options::default()).await?;
+    for region in ["us-east-1", "eu-west-1"] {
+        for k in [
+            "user:a",
+            "user-email:a@x",
+            "user:b",
+            "user:c",
+            "user:untouched",
+        ] {
+            w.set_cached(region, k, "stale").await?;
+        }
+    }
+    w.put_user("us-east-1", "a", "a@x").await?;
+    w.put_user("eu-west-1", "b", "b@x").await?;
+    w.put_user("us-east-1", "c", "c@x").await?;
+    w.settle().await?;
+    w.ttl_expire("eu-west-1", "c").await?;
+    w.settle().await?;
+    for region in ["us-east-1", "eu-west-1"] {
+        let left: Vec<String> = w
+            .cached_keys(region)
+            .await?
+            .into_iter()
+            .map(|k| k.trim_start_matches(&w.key_prefix).to_owned())
+            .collect();
+        assert_eq!(left, ["user:untouched"], "{region}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn replicated_sources_stay_in_region_and_regional_ones_cross() -> Result<()> {
+    // A global table: each region announces from its own replica; nothing crosses.
+    let mut w = World::start(Options::default()).await?;
+    w.put_user("us-east-1", "g", "g@x").await?;
+    w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
+        .await?;
+    assert_eq!(
+        announced(&w, "eu-west-1").await?.len(),
+        1,
+        "only eu-west-1's own announcement"
+    );
+
+    // A regional source (replicated = false): the announcement crosses to the peer.
+    let mut w = World::start(Options {
+        table_replicated: false,
+        ..Options::default()
+    })
+    .await?;
+    w.pause("us-east-1", "eu-west-1", true);
+    w.put_user("us-east-1", "r", "r@x").await?;
+    w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
+        .await?;
+    let eu = announced(&w, "eu-west-1").await?;
+    assert_eq!(eu.len(), 1);
+    assert!(!eu[0].replicated && eu[0].origin_region == "us-east-1");
+    Ok(())
+}

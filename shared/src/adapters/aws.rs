@@ -12,7 +12,10 @@ pub async fn sdk_config() -> SdkConfig {
 }
 
 pub fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
-    let path_style = std::env::var("TIDEMARK_S3_FORCE_PATH_STYLE").is_ok_and(|v| v == "true" || v == "1");
-    let conf = aws_sdk_s3::config::Builder::from(sdk).force_path_style(path_style).build();
+    let path_style =
+        std::env::var("TIDEMARK_S3_FORCE_PATH_STYLE").is_ok_and(|v| v == "true" || v == "1");
+    let conf = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(path_style)
+        .build();
     aws_sdk_s3::Client::from_conf(conf)
 }

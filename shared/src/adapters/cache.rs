@@ -41,19 +41,26 @@ pub struct RedisCache {
 
 impl std::fmt::Debug for RedisCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisCache").field("url", &self.settings.url).field("cluster", &self.settings.cluster).finish()
+        f.debug_struct("RedisCache")
+            .field("url", &self.settings.url)
+            .field("cluster", &self.settings.cluster)
+            .finish()
     }
 }
 
 impl RedisCache {
     /// No network I/O here.
     pub fn new(settings: CacheSettings) -> Self {
-        Self { settings, conn: Mutex::new(None) }
+        Self {
+            settings,
+            conn: Mutex::new(None),
+        }
     }
 
     async fn connect(&self) -> Result<Conn, String> {
         let s = &self.settings;
-        let mut info = redis::IntoConnectionInfo::into_connection_info(s.url.as_str()).map_err(|e| format!("cache url: {e}"))?;
+        let mut info = redis::IntoConnectionInfo::into_connection_info(s.url.as_str())
+            .map_err(|e| format!("cache url: {e}"))?;
         let mut redis_settings = info.redis_settings().clone();
         if let Some(u) = &s.username {
             redis_settings = redis_settings.set_username(u);
@@ -62,7 +69,10 @@ impl RedisCache {
             redis_settings = redis_settings.set_password(p);
         }
         info = info.set_redis_settings(redis_settings);
-        let certs = || redis::TlsCertificates { client_tls: None, root_cert: s.ca_pem.clone() };
+        let certs = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: s.ca_pem.clone(),
+        };
         if s.cluster {
             let mut b = redis::cluster::ClusterClientBuilder::new(vec![info.clone()]);
             if let Some(u) = &s.username {
@@ -74,8 +84,13 @@ impl RedisCache {
             if s.ca_pem.is_some() {
                 b = b.certs(certs());
             }
-            let client = b.build().map_err(|e| format!("cache cluster client: {e}"))?;
-            let c = client.get_async_connection().await.map_err(|e| format!("cache cluster connect: {e}"))?;
+            let client = b
+                .build()
+                .map_err(|e| format!("cache cluster client: {e}"))?;
+            let c = client
+                .get_async_connection()
+                .await
+                .map_err(|e| format!("cache cluster connect: {e}"))?;
             Ok(Conn::Cluster(c))
         } else {
             let client = if s.ca_pem.is_some() {
@@ -84,7 +99,10 @@ impl RedisCache {
                 redis::Client::open(info)
             }
             .map_err(|e| format!("cache client: {e}"))?;
-            let c = client.get_multiplexed_async_connection().await.map_err(|e| format!("cache connect: {e}"))?;
+            let c = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| format!("cache connect: {e}"))?;
             Ok(Conn::Single(c))
         }
     }
@@ -100,7 +118,10 @@ impl RedisCache {
                 for chunk in keys.chunks(KEYS_PER_COMMAND) {
                     pipe.cmd("UNLINK").arg(chunk);
                 }
-                pipe.query_async::<Vec<u64>>(c).await.map(|v| v.into_iter().sum()).map_err(|e| format!("UNLINK: {e}"))
+                pipe.query_async::<Vec<u64>>(c)
+                    .await
+                    .map(|v| v.into_iter().sum())
+                    .map_err(|e| format!("UNLINK: {e}"))
             }
             Some(Conn::Cluster(c)) => {
                 let groups = group_by_slot(keys);
@@ -109,7 +130,12 @@ impl RedisCache {
                         .map(|chunk| {
                             let mut c = c.clone();
                             let chunk: Vec<&str> = chunk.to_vec();
-                            async move { redis::cmd("UNLINK").arg(&chunk).query_async::<u64>(&mut c).await }
+                            async move {
+                                redis::cmd("UNLINK")
+                                    .arg(&chunk)
+                                    .query_async::<u64>(&mut c)
+                                    .await
+                            }
                         })
                         .collect::<Vec<_>>()
                 });
@@ -146,10 +172,13 @@ impl Cache for RedisCache {
 
 /// Redis cluster hash slot of a key (CRC16/XMODEM mod 16384, honouring `{hash tags}`).
 pub fn slot(key: &[u8]) -> u16 {
-    let tagged = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| key[open + 1..].iter().position(|&b| b == b'}').filter(|&len| len > 0).map(|len| &key[open + 1..open + 1 + len]));
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        key[open + 1..]
+            .iter()
+            .position(|&b| b == b'}')
+            .filter(|&len| len > 0)
+            .map(|len| &key[open + 1..open + 1 + len])
+    });
     crc16(tagged.unwrap_or(key)) % 16384
 }
 
@@ -158,7 +187,11 @@ fn crc16(data: &[u8]) -> u16 {
     for &b in data {
         crc ^= u16::from(b) << 8;
         for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
         }
     }
     crc

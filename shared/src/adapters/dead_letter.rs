@@ -20,8 +20,19 @@ impl S3DeadLetter {
     }
 
     pub fn object_key(e: &DeadLetterEntry) -> String {
-        let id = e.id.clone().unwrap_or_else(|| format!("unidentified-{}-{}", crate::now_ms(), e.index));
-        let safe: String = id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+        let id =
+            e.id.clone()
+                .unwrap_or_else(|| format!("unidentified-{}-{}", crate::now_ms(), e.index));
+        let safe: String = id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         format!("dead-letter/{}/{}/{}.json", e.function, e.source, safe)
     }
 }
@@ -39,7 +50,13 @@ impl DeadLetter for S3DeadLetter {
                     .body(body.into())
                     .send()
                     .await
-                    .map_err(|err| format!("PutObject s3://{}: {}", self.bucket, aws_sdk_s3::error::DisplayErrorContext(err)))?;
+                    .map_err(|err| {
+                        format!(
+                            "PutObject s3://{}: {}",
+                            self.bucket,
+                            aws_sdk_s3::error::DisplayErrorContext(err)
+                        )
+                    })?;
             }
             Ok(())
         })
@@ -73,12 +90,18 @@ impl DeadLetter for SqsDeadLetter {
                         .map_err(|e| e.to_string())?;
                     req = req.entries(entry);
                 }
-                let out = req
-                    .send()
-                    .await
-                    .map_err(|e| format!("SendMessageBatch: {}", aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+                let out = req.send().await.map_err(|e| {
+                    format!(
+                        "SendMessageBatch: {}",
+                        aws_sdk_sqs::error::DisplayErrorContext(e)
+                    )
+                })?;
                 if let Some(f) = out.failed().first() {
-                    return Err(format!("SendMessageBatch entry {}: {}", f.id(), f.message().unwrap_or(f.code())));
+                    return Err(format!(
+                        "SendMessageBatch entry {}: {}",
+                        f.id(),
+                        f.message().unwrap_or(f.code())
+                    ));
                 }
             }
             Ok(())

@@ -18,11 +18,16 @@ impl SnsPublisher {
 }
 
 impl Publish for SnsPublisher {
-    fn publish_batch<'a>(&'a self, entries: &'a [Outbound]) -> BoxFuture<'a, Result<Vec<Result<(), String>>, String>> {
+    fn publish_batch<'a>(
+        &'a self,
+        entries: &'a [Outbound],
+    ) -> BoxFuture<'a, Result<Vec<Result<(), String>>, String>> {
         Box::pin(async move {
             let mut req = self.client.publish_batch().topic_arn(&self.topic_arn);
             for e in entries {
-                let mut b = PublishBatchRequestEntry::builder().id(&e.id).message(&e.body);
+                let mut b = PublishBatchRequestEntry::builder()
+                    .id(&e.id)
+                    .message(&e.body);
                 for (name, value) in &e.attributes {
                     let attr = MessageAttributeValue::builder()
                         .data_type("String")
@@ -33,12 +38,22 @@ impl Publish for SnsPublisher {
                 }
                 req = req.publish_batch_request_entries(b.build().map_err(|err| err.to_string())?);
             }
-            let out = req.send().await.map_err(|e| format!("PublishBatch: {}", aws_sdk_sns::error::DisplayErrorContext(e)))?;
+            let out = req.send().await.map_err(|e| {
+                format!(
+                    "PublishBatch: {}",
+                    aws_sdk_sns::error::DisplayErrorContext(e)
+                )
+            })?;
             // A 200 reply can still fail single entries: match them by id.
             let failed: Vec<(String, String)> = out
                 .failed()
                 .iter()
-                .map(|f| (f.id().to_owned(), format!("{}: {}", f.code(), f.message().unwrap_or(""))))
+                .map(|f| {
+                    (
+                        f.id().to_owned(),
+                        format!("{}: {}", f.code(), f.message().unwrap_or("")),
+                    )
+                })
                 .collect();
             let ok: Vec<&str> = out.successful().iter().filter_map(|s| s.id()).collect();
             Ok(entries

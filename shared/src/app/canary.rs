@@ -55,14 +55,25 @@ impl Canary {
             }
         }
         metrics.flush_stdout();
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 
-    fn item_key(&self, t: &Table, region: &str) -> std::collections::HashMap<String, AttributeValue> {
+    fn item_key(
+        &self,
+        t: &Table,
+        region: &str,
+    ) -> std::collections::HashMap<String, AttributeValue> {
         let prefix = &self.config.deployment.heartbeat_prefix;
         let pk = heartbeat_pk(prefix, region);
         let mut key = std::collections::HashMap::new();
-        key.insert(t.partition_key.name.clone(), key_value(t.partition_key.kind, &pk));
+        key.insert(
+            t.partition_key.name.clone(),
+            key_value(t.partition_key.kind, &pk),
+        );
         if let Some(sk) = &t.sort_key {
             key.insert(sk.name.clone(), key_value(sk.kind, "heartbeat"));
         }
@@ -85,7 +96,12 @@ impl Canary {
             .set_item(Some(item))
             .send()
             .await
-            .map_err(|e| format!("PutItem: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+            .map_err(|e| {
+                format!(
+                    "PutItem: {}",
+                    aws_sdk_dynamodb::error::DisplayErrorContext(e)
+                )
+            })?;
         metrics.put(Metric::HeartbeatsWritten, &[(Dim::Source, &t.name)], 1.0);
         for peer in self.config.peers(&self.region) {
             let out = self
@@ -96,7 +112,12 @@ impl Canary {
                 .consistent_read(true)
                 .send()
                 .await
-                .map_err(|e| format!("GetItem: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+                .map_err(|e| {
+                    format!(
+                        "GetItem: {}",
+                        aws_sdk_dynamodb::error::DisplayErrorContext(e)
+                    )
+                })?;
             let written = out
                 .item()
                 .and_then(|i| i.get(WRITTEN_AT))
@@ -122,22 +143,47 @@ impl Canary {
             .map_err(|e| format!("PutObject: {}", aws_sdk_s3::error::DisplayErrorContext(e)))?;
         metrics.put(Metric::HeartbeatsWritten, &[(Dim::Source, &b.name)], 1.0);
         for peer in self.config.peers(&self.region) {
-            let head = self.s3.head_object().bucket(&bucket).key(heartbeat_object_key(prefix, peer)).send().await;
+            let head = self
+                .s3
+                .head_object()
+                .bucket(&bucket)
+                .key(heartbeat_object_key(prefix, peer))
+                .send()
+                .await;
             let written = match head {
-                Ok(h) => h.metadata().and_then(|m| m.get(WRITTEN_AT)).and_then(|v| v.parse::<u64>().ok()),
+                Ok(h) => h
+                    .metadata()
+                    .and_then(|m| m.get(WRITTEN_AT))
+                    .and_then(|v| v.parse::<u64>().ok()),
                 Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => None,
-                Err(e) => return Err(format!("HeadObject: {}", aws_sdk_s3::error::DisplayErrorContext(e))),
+                Err(e) => {
+                    return Err(format!(
+                        "HeadObject: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(e)
+                    ));
+                }
             };
             self.report_age(metrics, &b.name, peer, written, now);
         }
         Ok(())
     }
 
-    fn report_age(&self, metrics: &mut Metrics, source: &str, peer: &str, written: Option<u64>, now: u64) {
+    fn report_age(
+        &self,
+        metrics: &mut Metrics,
+        source: &str,
+        peer: &str,
+        written: Option<u64>,
+        now: u64,
+    ) {
         match written {
             Some(w) => {
                 let age_s = now.saturating_sub(w) as f64 / 1000.0;
-                let d = [(Dim::Source, source), (Dim::SourceRegion, peer), (Dim::DestinationRegion, self.region.as_str())];
+                let d = [
+                    (Dim::Source, source),
+                    (Dim::SourceRegion, peer),
+                    (Dim::DestinationRegion, self.region.as_str()),
+                ];
                 metrics.put(Metric::HeartbeatAge, &d, age_s);
                 if age_s > self.config.deployment.stall_after_seconds as f64 {
                     tracing::warn!(source, peer, age_s, "replication looks stalled");

@@ -59,10 +59,19 @@ impl Stage<Invalidation> for CacheStage<'_> {
                     metrics.put(Metric::KeysInvalidated, &f, self.keys.len() as f64);
                     for (_, changed_at) in &self.records {
                         if *changed_at > 0 {
-                            metrics.put(Metric::InvalidationAge, &f, now.saturating_sub(*changed_at) as f64);
+                            metrics.put(
+                                Metric::InvalidationAge,
+                                &f,
+                                now.saturating_sub(*changed_at) as f64,
+                            );
                         }
                     }
-                    tracing::info!(keys = self.keys.len(), existed, messages = self.records.len(), "keys invalidated");
+                    tracing::info!(
+                        keys = self.keys.len(),
+                        existed,
+                        messages = self.records.len(),
+                        "keys invalidated"
+                    );
                     Vec::new()
                 }
                 Err(e) => {
@@ -88,16 +97,35 @@ impl Invalidator {
         let decode = pipeline::decoder(|raw| {
             let msg = match SqsRecord::decode(raw) {
                 Ok(m) => m,
-                Err(e) => return Decoded::Reject { id: SqsRecord::salvage_id(raw), reason: e.0 },
+                Err(e) => {
+                    return Decoded::Reject {
+                        id: SqsRecord::salvage_id(raw),
+                        reason: e.0,
+                    };
+                }
             };
             let id = msg.message_id.to_string();
             match Invalidation::decode(&unwrap_sns(&msg.body)) {
                 Ok(m) => Decoded::Ok { id, change: m },
-                Err(e) => Decoded::Reject { id: Some(id), reason: e.0 },
+                Err(e) => Decoded::Reject {
+                    id: Some(id),
+                    reason: e.0,
+                },
             }
         });
-        let ctx = Context { function: FUNCTION, source: "invalidations" };
-        let report = pipeline::run(ctx, &raws, decode, &mut [&mut stage], self.dead_letter.as_ref(), &mut metrics).await;
+        let ctx = Context {
+            function: FUNCTION,
+            source: "invalidations",
+        };
+        let report = pipeline::run(
+            ctx,
+            &raws,
+            decode,
+            &mut [&mut stage],
+            self.dead_letter.as_ref(),
+            &mut metrics,
+        )
+        .await;
         metrics.flush_stdout();
         report.failed_ids()
     }
@@ -115,9 +143,14 @@ impl Invalidator {
         use crate::settings::{SettingsError, flag, optional, required};
         let config = crate::settings::config()?;
         let read = |var: &'static str, path: String| {
-            std::fs::read(&path).map_err(|e| SettingsError::Invalid { var, message: format!("cannot read {path}: {e}") })
+            std::fs::read(&path).map_err(|e| SettingsError::Invalid {
+                var,
+                message: format!("cannot read {path}: {e}"),
+            })
         };
-        let ca_pem = optional("TIDEMARK_CACHE_CA_FILE").map(|p| read("TIDEMARK_CACHE_CA_FILE", p)).transpose()?;
+        let ca_pem = optional("TIDEMARK_CACHE_CA_FILE")
+            .map(|p| read("TIDEMARK_CACHE_CA_FILE", p))
+            .transpose()?;
         let password = optional("TIDEMARK_CACHE_PASSWORD_FILE")
             .map(|p| read("TIDEMARK_CACHE_PASSWORD_FILE", p))
             .transpose()?

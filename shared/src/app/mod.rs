@@ -50,5 +50,8 @@ pub async fn queue_ports(sdk: &aws_config::SdkConfig) -> Result<Ports, SettingsE
 
 pub fn sqs_dead_letter(sdk: &aws_config::SdkConfig) -> Result<Arc<dyn DeadLetter>, SettingsError> {
     let url = settings::required("TIDEMARK_DEAD_LETTER_QUEUE_URL")?;
-    Ok(Arc::new(dead_letter::SqsDeadLetter::new(aws_sdk_sqs::Client::new(sdk), url)))
+    Ok(Arc::new(dead_letter::SqsDeadLetter::new(
+        aws_sdk_sqs::Client::new(sdk),
+        url,
+    )))
 }

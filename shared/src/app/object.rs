@@ -25,39 +25,76 @@ impl ObjectProcessor {
     pub async fn handle(&self, event: &str) -> Result<Vec<String>, String> {
         let raws = split_batch(event).map_err(|e| e.0)?;
         let mut metrics = Metrics::new(&self.config.deployment.namespace);
-        let mut invalidation = InvalidationStage::new(self.ports.publisher.as_ref(), FUNCTION, &self.region);
+        let mut invalidation =
+            InvalidationStage::new(self.ports.publisher.as_ref(), FUNCTION, &self.region);
         let config = &self.config;
         let region = self.region.as_str();
         let decode = pipeline::decoder(|raw| {
             let msg = match SqsRecord::decode(raw) {
                 Ok(m) => m,
-                Err(e) => return Decoded::Reject { id: SqsRecord::salvage_id(raw), reason: e.0 },
+                Err(e) => {
+                    return Decoded::Reject {
+                        id: SqsRecord::salvage_id(raw),
+                        reason: e.0,
+                    };
+                }
             };
             let id = Some(msg.message_id.to_string());
             let changes = match ObjectMessage::decode(&msg.body) {
-                Ok(ObjectMessage::TestEvent) => return Decoded::Skip { id, why: "s3:TestEvent" },
+                Ok(ObjectMessage::TestEvent) => {
+                    return Decoded::Skip {
+                        id,
+                        why: "s3:TestEvent",
+                    };
+                }
                 Ok(ObjectMessage::Changes(c)) => c,
                 Err(e) => return Decoded::Reject { id, reason: e.0 },
             };
             let Some(first) = changes.first() else {
-                return Decoded::Skip { id, why: "no records" };
+                return Decoded::Skip {
+                    id,
+                    why: "no records",
+                };
             };
-            let bucket_region = if first.region.is_empty() { region } else { first.region.as_str() };
+            let bucket_region = if first.region.is_empty() {
+                region
+            } else {
+                first.region.as_str()
+            };
             let Some(bucket) = config.bucket_by_name(bucket_region, &first.bucket) else {
-                return Decoded::Reject { id, reason: format!("bucket `{}` is not in the configuration", first.bucket) };
+                return Decoded::Reject {
+                    id,
+                    reason: format!("bucket `{}` is not in the configuration", first.bucket),
+                };
             };
             if changes.iter().any(|c| c.bucket != first.bucket) {
-                return Decoded::Reject { id, reason: "one message names several buckets".into() };
+                return Decoded::Reject {
+                    id,
+                    reason: "one message names several buckets".into(),
+                };
             }
             Decoded::Ok {
                 id: msg.message_id.to_string(),
-                change: ObjectEvent { bucket, changes, heartbeat_prefix: &config.deployment.heartbeat_prefix },
+                change: ObjectEvent {
+                    bucket,
+                    changes,
+                    heartbeat_prefix: &config.deployment.heartbeat_prefix,
+                },
             }
         });
-        let ctx = Context { function: FUNCTION, source: "s3" };
-        let report =
-            pipeline::run(ctx, &raws, decode, &mut [&mut invalidation], self.ports.dead_letter.as_ref(), &mut metrics)
-                .await;
+        let ctx = Context {
+            function: FUNCTION,
+            source: "s3",
+        };
+        let report = pipeline::run(
+            ctx,
+            &raws,
+            decode,
+            &mut [&mut invalidation],
+            self.ports.dead_letter.as_ref(),
+            &mut metrics,
+        )
+        .await;
         metrics.flush_stdout();
         report.failed_ids()
     }
@@ -69,6 +106,10 @@ impl ObjectProcessor {
         let config = crate::settings::config()?;
         let region = crate::settings::region()?;
         let sdk = crate::adapters::aws::sdk_config().await;
-        Ok(Self { config, region, ports: super::queue_ports(&sdk).await? })
+        Ok(Self {
+            config,
+            region,
+            ports: super::queue_ports(&sdk).await?,
+        })
     }
 }

@@ -25,28 +25,56 @@ impl StreamProcessor {
         let raws = split_batch(event).map_err(|e| e.0)?;
         let source = first_table(&raws).unwrap_or_else(|| "unknown".to_owned());
         let mut metrics = Metrics::new(&self.config.deployment.namespace);
-        let mut invalidation = InvalidationStage::new(self.ports.publisher.as_ref(), FUNCTION, &self.region);
+        let mut invalidation =
+            InvalidationStage::new(self.ports.publisher.as_ref(), FUNCTION, &self.region);
         let prefix = self.config.deployment.heartbeat_prefix.as_str();
         let config = &self.config;
         let decode = pipeline::decoder(|raw| match StreamRecord::decode(raw) {
-            Err(e) => Decoded::Reject { id: StreamRecord::salvage_id(raw), reason: e.0 },
+            Err(e) => Decoded::Reject {
+                id: StreamRecord::salvage_id(raw),
+                reason: e.0,
+            },
             Ok(record) => {
                 let id = record.sequence_number.to_string();
                 let Some(name) = record.table.as_deref() else {
-                    return Decoded::Reject { id: Some(id), reason: "record has no eventSourceARN naming its table".into() };
+                    return Decoded::Reject {
+                        id: Some(id),
+                        reason: "record has no eventSourceARN naming its table".into(),
+                    };
                 };
                 let Some(table) = config.table(name) else {
-                    return Decoded::Reject { id: Some(id), reason: format!("table `{name}` is not in the configuration") };
+                    return Decoded::Reject {
+                        id: Some(id),
+                        reason: format!("table `{name}` is not in the configuration"),
+                    };
                 };
-                let heartbeat =
-                    record.keys.scalar(&table.partition_key.name).is_some_and(|pk| pk.starts_with(prefix));
-                Decoded::Ok { id, change: TableChange { table, record, heartbeat } }
+                let heartbeat = record
+                    .keys
+                    .scalar(&table.partition_key.name)
+                    .is_some_and(|pk| pk.starts_with(prefix));
+                Decoded::Ok {
+                    id,
+                    change: TableChange {
+                        table,
+                        record,
+                        heartbeat,
+                    },
+                }
             }
         });
-        let ctx = Context { function: FUNCTION, source: &source };
-        let report =
-            pipeline::run(ctx, &raws, decode, &mut [&mut invalidation], self.ports.dead_letter.as_ref(), &mut metrics)
-                .await;
+        let ctx = Context {
+            function: FUNCTION,
+            source: &source,
+        };
+        let report = pipeline::run(
+            ctx,
+            &raws,
+            decode,
+            &mut [&mut invalidation],
+            self.ports.dead_letter.as_ref(),
+            &mut metrics,
+        )
+        .await;
         metrics.flush_stdout();
         report.failed_ids()
     }
@@ -69,6 +97,10 @@ impl StreamProcessor {
         let config = crate::settings::config()?;
         let region = crate::settings::region()?;
         let sdk = crate::adapters::aws::sdk_config().await;
-        Ok(Self { config, region, ports: super::stream_ports(&sdk).await? })
+        Ok(Self {
+            config,
+            region,
+            ports: super::stream_ports(&sdk).await?,
+        })
     }
 }

@@ -44,7 +44,13 @@ fn main() -> ExitCode {
         Some("metrics") => {
             for s in CATALOG {
                 let dims: Vec<&str> = s.dimensions.iter().map(|d| d.name()).collect();
-                println!("{:<22} {:<13} [{}]  {}", s.name, s.unit.name(), dims.join(", "), s.help);
+                println!(
+                    "{:<22} {:<13} [{}]  {}",
+                    s.name,
+                    s.unit.name(),
+                    dims.join(", "),
+                    s.help
+                );
             }
             ExitCode::SUCCESS
         }
@@ -57,10 +63,18 @@ fn main() -> ExitCode {
 
 fn check(path: Option<PathBuf>) -> ExitCode {
     let path = path.unwrap_or_else(|| PathBuf::from("tidemark.toml"));
-    let result = if path.as_os_str() == "-" { Config::embedded() } else { Config::load(&path) };
+    let result = if path.as_os_str() == "-" {
+        Config::embedded()
+    } else {
+        Config::load(&path)
+    };
     match result {
         Ok(c) => {
-            let shown = if path.as_os_str() == "-" { EMBEDDED_NAME.to_owned() } else { path.display().to_string() };
+            let shown = if path.as_os_str() == "-" {
+                EMBEDDED_NAME.to_owned()
+            } else {
+                path.display().to_string()
+            };
             println!(
                 "{shown}: ok — {} region(s), {} table(s), {} bucket(s), {} cache-key template(s), {} residency rule(s)",
                 c.deployment.regions.len(),

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): sets up what is missing, then checks formatting,
+# lints, the example configuration, every test (unit + system, against moto and one
+# redis-server per region, with the cargo-lambda-built binaries), the template
+# (sam validate --lint, cfn-lint, checkov) and `sam build`.
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+start=$(date +%s)
+
+bash scripts/setup.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "tidemark check tidemark.toml"
+cargo run -q -p tidemark --bin tidemark -- check tidemark.toml
+
+bash scripts/build-local.sh
+
+step "emulators"
+trap 'bash scripts/env.sh down >/dev/null 2>&1 || true' EXIT
+bash scripts/env.sh up >/dev/null
+# shellcheck disable=SC1091
+source "$STATE/env"
+
+step "tests (unit + system)"
+cargo nextest run --workspace --run-ignored all --no-fail-fast --test-threads 4
+
+step "template: sam validate --lint, cfn-lint, checkov"
+sam validate --lint
+cfn-lint template.yaml
+checkov -f template.yaml --framework cloudformation --compact --quiet --skip-download
+
+step "sam build (arm64, release)"
+sam build
+
+step "done in $(( $(date +%s) - start ))s"

@@ -1,0 +1,216 @@
+//! TEST CODE: a loopback HTTP proxy in front of moto. It counts calls per operation,
+//! injects errors and latency on demand, and answers HEAD of an object version the
+//! harness replicated with `x-amz-replication-status: REPLICA` (moto never sets it).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::http::{Message, read_message, write_response};
+
+/// An injected fault: requests whose operation name equals `operation` fail with `status`.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub operation: String,
+    pub status: u16,
+    /// How many requests to fail; `None` = until cleared.
+    pub remaining: Option<usize>,
+    pub latency: Duration,
+}
+
+#[derive(Debug, Default)]
+pub struct ProxyState {
+    pub faults: Mutex<Vec<Fault>>,
+    pub calls: Mutex<HashMap<String, usize>>,
+    /// Request body sizes per operation (for message-size assertions).
+    pub bodies: Mutex<HashMap<String, Vec<usize>>>,
+    /// (bucket, key) whose current version is a replica.
+    pub replicas: Mutex<HashSet<(String, String)>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    pub url: String,
+    pub state: Arc<ProxyState>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Result<Self> {
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let state = Arc::new(ProxyState::default());
+        let s = state.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let s = s.clone();
+                let up = upstream.clone();
+                tokio::spawn(async move {
+                    let _ = serve(sock, s, up).await;
+                });
+            }
+        });
+        Ok(Self { url, state })
+    }
+
+    pub fn fail(&self, operation: &str, status: u16, times: Option<usize>) {
+        self.state
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Fault {
+                operation: operation.to_owned(),
+                status,
+                remaining: times,
+                latency: Duration::ZERO,
+            });
+    }
+
+    pub fn clear_faults(&self) {
+        self.state
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    pub fn calls(&self, operation: &str) -> usize {
+        self.state
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(operation)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn body_sizes(&self, operation: &str) -> Vec<usize> {
+        self.state
+            .bodies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(operation)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn mark_replica(&self, bucket: &str, key: &str) {
+        self.state
+            .replicas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((bucket.to_owned(), key.to_owned()));
+    }
+}
+
+/// Operation name: the JSON protocols' `X-Amz-Target` suffix, the query protocols'
+/// `Action=`, or `S3:<METHOD>` for REST calls.
+pub fn operation(req: &Message) -> String {
+    if let Some(t) = req.header("x-amz-target") {
+        return t.rsplit('.').next().unwrap_or(t).to_owned();
+    }
+    let body = String::from_utf8_lossy(&req.body);
+    if let Some(a) = body.split('&').find_map(|p| p.strip_prefix("Action=")) {
+        return a.to_owned();
+    }
+    format!("S3:{}", req.method())
+}
+
+fn s3_object(path: &str) -> Option<(String, String)> {
+    let path = path.split('?').next()?.trim_start_matches('/');
+    let (bucket, key) = path.split_once('/')?;
+    let key = tidemark::objects::decode_form_key(&key.replace('+', "%2B"))?;
+    Some((bucket.to_owned(), key))
+}
+
+async fn serve(sock: TcpStream, s: Arc<ProxyState>, upstream: String) -> Result<()> {
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::new(r);
+    while let Some(mut req) = read_message(&mut r, false).await? {
+        let op = operation(&req);
+        *s.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(op.clone())
+            .or_default() += 1;
+        s.bodies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(op.clone())
+            .or_default()
+            .push(req.body.len());
+        let fault = {
+            let mut faults = s.faults.lock().unwrap_or_else(|e| e.into_inner());
+            let hit = faults
+                .iter_mut()
+                .find(|f| f.operation == op && f.remaining != Some(0));
+            hit.map(|f| {
+                if let Some(n) = f.remaining.as_mut() {
+                    *n -= 1;
+                }
+                f.clone()
+            })
+        };
+        if let Some(f) = fault {
+            tokio::time::sleep(f.latency).await;
+            if f.status >= 400 {
+                let body = format!(
+                    "<ErrorResponse><Error><Type>Receiver</Type><Code>ServiceUnavailable</Code><Message>injected by the harness proxy ({op})</Message></Error><RequestId>injected</RequestId></ErrorResponse>"
+                );
+                write_response(
+                    &mut w,
+                    f.status,
+                    &[("content-type", "text/xml".into())],
+                    body.as_bytes(),
+                )
+                .await?;
+                continue;
+            }
+        }
+        let head = req.method() == "HEAD";
+        req.set_header("connection", "close");
+        let mut up = TcpStream::connect(&upstream)
+            .await
+            .context("connect to moto")?;
+        up.write_all(&req.to_bytes(None)).await?;
+        let mut ur = BufReader::new(up);
+        let mut resp = read_message(&mut ur, head)
+            .await?
+            .context("moto closed the connection")?;
+        if std::env::var("TIDEMARK_PROXY_DEBUG").is_ok() && !resp.start.contains(" 200") {
+            eprintln!(
+                "proxy: {op} {} -> {}\n  request headers: {:?}\n  {}",
+                req.start,
+                resp.start,
+                req.headers,
+                String::from_utf8_lossy(&resp.body)
+            );
+        }
+        let length = resp
+            .header("content-length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        resp.headers
+            .retain(|(k, _)| !k.eq_ignore_ascii_case("connection"));
+        if head
+            && let Some(obj) = s3_object(req.path())
+            && s.replicas
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&obj)
+        {
+            resp.set_header("x-amz-replication-status", "REPLICA");
+        }
+        w.write_all(&resp.to_bytes(if head { Some(length) } else { None }))
+            .await?;
+        w.flush().await?;
+    }
+    Ok(())
+}

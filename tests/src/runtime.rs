@@ -1,0 +1,380 @@
+//! Runs a function the way Lambda does: its real `bootstrap` binary as a child process,
+//! talking to a minimal Lambda Runtime API served here on loopback. Or, for fast tests, the
+//! same handler in-process. Both sit behind [`Invoke`].
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::future::BoxFuture;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::sync::{Notify, oneshot};
+
+use crate::http::{read_message, write_response};
+
+/// What a Lambda invocation returned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InvokeResult {
+    Ok(serde_json::Value),
+    /// The function reported an error (`/error`); Lambda retries the whole batch.
+    Error(String),
+}
+
+/// A function the harness can invoke.
+pub trait Invoke: Send + Sync {
+    fn name(&self) -> &str;
+    fn invoke(&self, payload: String) -> BoxFuture<'_, Result<InvokeResult>>;
+}
+
+type Pending = (String, String, oneshot::Sender<InvokeResult>); // (request id, payload, reply)
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<VecDeque<Pending>>,
+    inflight: Mutex<Vec<(String, oneshot::Sender<InvokeResult>)>>,
+    notify: Notify,
+    init_error: Mutex<Option<String>>,
+    stdout: Mutex<Vec<String>>,
+    stderr: Mutex<Vec<String>>,
+    next_id: Mutex<u64>,
+}
+
+/// A real bootstrap under the Runtime API.
+pub struct BinaryFunction {
+    name: String,
+    shared: Arc<Shared>,
+    child: Mutex<Option<Child>>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for BinaryFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BinaryFunction")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// Where cargo-lambda put the local bootstraps (`target/lambda/<name>/bootstrap`), or
+/// `TIDEMARK_BIN_DIR/<name>/bootstrap`.
+pub fn bootstrap_path(function: &str) -> Result<PathBuf> {
+    let dir = match std::env::var("TIDEMARK_BIN_DIR") {
+        Ok(d) => PathBuf::from(d),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/lambda"),
+    };
+    let p = dir.join(function).join("bootstrap");
+    if !p.exists() {
+        bail!(
+            "{} not found: build the functions first (scripts/build-local.sh)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+impl BinaryFunction {
+    /// Starts the server and the child; `env` is the function's configuration.
+    pub async fn start(
+        function: &str,
+        instance: &str,
+        region: &str,
+        env: &[(String, String)],
+    ) -> Result<Arc<Self>> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        let server_shared = shared.clone();
+        let arn = format!("arn:aws:lambda:{region}:123456789012:function:{instance}");
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    break;
+                };
+                let s = server_shared.clone();
+                let arn = arn.clone();
+                tokio::spawn(async move {
+                    let _ = serve_connection(sock, s, arn).await;
+                });
+            }
+        });
+        let bin = bootstrap_path(function)?;
+        let mut cmd = Command::new(&bin);
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
+            .env("AWS_LAMBDA_FUNCTION_NAME", instance)
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+            .env(
+                "AWS_LAMBDA_LOG_GROUP_NAME",
+                format!("/aws/lambda/{instance}"),
+            )
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", "local")
+            .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
+            .env("AWS_REGION", region)
+            .env("AWS_DEFAULT_REGION", region)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        if let Some(out) = child.stdout.take() {
+            let s = shared.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(out).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    s.stdout.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+                }
+            });
+        }
+        if let Some(err) = child.stderr.take() {
+            let s = shared.clone();
+            let name = instance.to_owned();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(err).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    if std::env::var("TIDEMARK_ECHO_LOGS").is_ok() {
+                        eprintln!("[{name}] {l}");
+                    }
+                    s.stderr.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+                }
+            });
+        }
+        Ok(Arc::new(Self {
+            name: instance.to_owned(),
+            shared,
+            child: Mutex::new(Some(child)),
+            timeout: Duration::from_secs(60),
+        }))
+    }
+
+    /// EMF documents the function printed (stdout lines with `_aws`).
+    pub fn emf(&self) -> Vec<serde_json::Value> {
+        self.shared
+            .stdout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.get("_aws").is_some())
+            .collect()
+    }
+
+    /// Log lines (stderr).
+    pub fn logs(&self) -> Vec<String> {
+        self.shared
+            .stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn init_error(&self) -> Option<String> {
+        self.shared
+            .init_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// PID of the child, for memory measurements.
+    pub fn pid(&self) -> Option<u32> {
+        self.child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(Child::id)
+    }
+
+    /// Exit status if the child has exited.
+    pub fn exited(&self) -> Option<std::process::ExitStatus> {
+        self.child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+}
+
+impl Invoke for BinaryFunction {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn invoke(&self, payload: String) -> BoxFuture<'_, Result<InvokeResult>> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            let id = {
+                let mut n = self
+                    .shared
+                    .next_id
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                *n += 1;
+                format!("req-{}-{n}", self.name)
+            };
+            self.shared
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back((id, payload, tx));
+            self.shared.notify.notify_waiters();
+            self.shared.notify.notify_one();
+            let mut waited = Duration::ZERO;
+            let mut rx = rx;
+            loop {
+                match tokio::time::timeout(Duration::from_millis(200), &mut rx).await {
+                    Ok(r) => return r.map_err(|_| anyhow!("{}: invocation dropped", self.name)),
+                    Err(_) => {
+                        waited += Duration::from_millis(200);
+                        if let Some(e) = self.init_error() {
+                            bail!("{}: init error: {e}", self.name);
+                        }
+                        if let Some(status) = self.exited() {
+                            bail!(
+                                "{}: bootstrap exited ({status}); logs:\n{}",
+                                self.name,
+                                self.logs().join("\n")
+                            );
+                        }
+                        if waited > self.timeout {
+                            bail!("{}: invocation timed out", self.name);
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+async fn serve_connection(sock: tokio::net::TcpStream, s: Arc<Shared>, arn: String) -> Result<()> {
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::new(r);
+    while let Some(req) = read_message(&mut r, false).await? {
+        let path = req.path().to_owned();
+        if req.method() == "GET" && path.ends_with("/invocation/next") {
+            let next = loop {
+                let notified = s.notify.notified();
+                if let Some(p) = s
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pop_front()
+                {
+                    break p;
+                }
+                notified.await;
+            };
+            let (id, payload, reply) = next;
+            s.inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((id.clone(), reply));
+            let deadline = crate::now_ms() + 300_000;
+            write_response(
+                &mut w,
+                200,
+                &[
+                    ("content-type", "application/json".into()),
+                    ("lambda-runtime-aws-request-id", id),
+                    ("lambda-runtime-deadline-ms", deadline.to_string()),
+                    ("lambda-runtime-invoked-function-arn", arn.clone()),
+                    (
+                        "lambda-runtime-trace-id",
+                        "Root=1-00000000-000000000000000000000000;Sampled=0".into(),
+                    ),
+                ],
+                payload.as_bytes(),
+            )
+            .await?;
+        } else if req.method() == "POST"
+            && (path.ends_with("/response") || path.ends_with("/error"))
+        {
+            let id = path.split('/').rev().nth(1).unwrap_or("").to_owned();
+            let body = String::from_utf8_lossy(&req.body).into_owned();
+            let result = if path.ends_with("/response") {
+                InvokeResult::Ok(
+                    serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+                )
+            } else {
+                InvokeResult::Error(body)
+            };
+            let reply = {
+                let mut inflight = s.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                inflight
+                    .iter()
+                    .position(|(i, _)| *i == id)
+                    .map(|pos| inflight.remove(pos).1)
+            };
+            if let Some(tx) = reply {
+                let _ = tx.send(result);
+            }
+            write_response(&mut w, 202, &[], b"{}").await?;
+        } else if req.method() == "POST" && path.ends_with("/init/error") {
+            *s.init_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(String::from_utf8_lossy(&req.body).into_owned());
+            write_response(&mut w, 202, &[], b"{}").await?;
+        } else {
+            write_response(&mut w, 404, &[], b"{}").await?;
+        }
+    }
+    Ok(())
+}
+
+/// A handler called in-process (fast tests); same contract as a binary.
+pub struct InProcess<F> {
+    name: String,
+    handler: F,
+}
+
+impl<F> InProcess<F> {
+    pub fn new(name: &str, handler: F) -> Self {
+        Self {
+            name: name.to_owned(),
+            handler,
+        }
+    }
+}
+
+impl<F> Invoke for InProcess<F>
+where
+    F: Fn(String) -> BoxFuture<'static, Result<Vec<String>, String>> + Send + Sync,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn invoke(&self, payload: String) -> BoxFuture<'_, Result<InvokeResult>> {
+        let fut = (self.handler)(payload);
+        Box::pin(async move {
+            Ok(match fut.await {
+                Ok(ids) => InvokeResult::Ok(serde_json::json!({
+                    "batchItemFailures": ids.into_iter().map(|i| serde_json::json!({"itemIdentifier": i})).collect::<Vec<_>>()
+                })),
+                Err(e) => InvokeResult::Error(e),
+            })
+        })
+    }
+}
+
+/// `batchItemFailures[].itemIdentifier` of a response.
+pub fn failed_ids(v: &serde_json::Value) -> Vec<String> {
+    v.get("batchItemFailures")
+        .and_then(|f| f.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i.get("itemIdentifier")?.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,159 @@
+//! TEST CODE: a Lambda SQS event source mapping. Receives a batch, invokes the function,
+//! deletes what succeeded and makes only the failed messages visible again (moto's redrive
+//! policy moves a message to the dead-letter queue after maxReceiveCount receives).
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use serde_json::{Value, json};
+
+use crate::aws::RegionClients;
+use crate::runtime::{Invoke, InvokeResult, failed_ids};
+
+pub struct SqsMapping {
+    clients: RegionClients,
+    pub queue_url: String,
+    queue_arn: String,
+    function: Arc<dyn Invoke>,
+    batch_size: usize,
+    /// (message ids of the batch, failed ids or error) per invocation, for tests.
+    pub log: Arc<Mutex<Vec<(Vec<String>, Result<Vec<String>, String>)>>>,
+}
+
+impl SqsMapping {
+    pub fn new(
+        clients: RegionClients,
+        queue_url: &str,
+        queue_arn: &str,
+        function: Arc<dyn Invoke>,
+        batch_size: usize,
+    ) -> Self {
+        Self {
+            clients,
+            queue_url: queue_url.to_owned(),
+            queue_arn: queue_arn.to_owned(),
+            function,
+            batch_size,
+            log: Arc::default(),
+        }
+    }
+
+    /// One receive → invoke → delete / release cycle. Returns how many messages it saw.
+    pub async fn step(&self) -> Result<usize> {
+        let mut msgs = Vec::new();
+        while msgs.len() < self.batch_size {
+            let r = self
+                .clients
+                .sqs
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .max_number_of_messages(
+                    10.min(i32::try_from(self.batch_size - msgs.len()).unwrap_or(10)),
+                )
+                .visibility_timeout(30)
+                .wait_time_seconds(0)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .message_attribute_names("All")
+                .send()
+                .await?;
+            let got = r.messages().to_vec();
+            if got.is_empty() {
+                break;
+            }
+            msgs.extend(got);
+        }
+        if msgs.is_empty() {
+            return Ok(0);
+        }
+        let records: Vec<Value> = msgs
+            .iter()
+            .map(|m| {
+                let attrs: serde_json::Map<String, Value> = m
+                    .attributes()
+                    .map(|a| {
+                        a.iter()
+                            .map(|(k, v)| (k.as_str().to_owned(), json!(v)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                json!({
+                    "messageId": m.message_id().unwrap_or(""),
+                    "receiptHandle": m.receipt_handle().unwrap_or(""),
+                    "body": m.body().unwrap_or(""),
+                    "attributes": attrs,
+                    "messageAttributes": {},
+                    "md5OfBody": m.md5_of_body().unwrap_or(""),
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": self.queue_arn,
+                    "awsRegion": self.clients.region,
+                })
+            })
+            .collect();
+        let ids: Vec<String> = msgs
+            .iter()
+            .map(|m| m.message_id().unwrap_or("").to_owned())
+            .collect();
+        let result = self
+            .function
+            .invoke(json!({"Records": records}).to_string())
+            .await?;
+        let failed: Vec<String> = match &result {
+            InvokeResult::Ok(v) => failed_ids(v),
+            InvokeResult::Error(_) => ids.clone(),
+        };
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).push((
+            ids.clone(),
+            match result {
+                InvokeResult::Ok(_) => Ok(failed.clone()),
+                InvokeResult::Error(e) => Err(e),
+            },
+        ));
+        for m in &msgs {
+            let id = m.message_id().unwrap_or("");
+            let Some(handle) = m.receipt_handle() else {
+                continue;
+            };
+            if failed.iter().any(|f| f == id) {
+                self.clients
+                    .sqs
+                    .change_message_visibility()
+                    .queue_url(&self.queue_url)
+                    .receipt_handle(handle)
+                    .visibility_timeout(0)
+                    .send()
+                    .await?;
+            } else {
+                self.clients
+                    .sqs
+                    .delete_message()
+                    .queue_url(&self.queue_url)
+                    .receipt_handle(handle)
+                    .send()
+                    .await?;
+            }
+        }
+        Ok(msgs.len())
+    }
+
+    /// Messages visible plus in flight.
+    pub async fn depth(&self) -> Result<usize> {
+        let a = self
+            .clients
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await?;
+        let get = |n: QueueAttributeName| {
+            a.attributes()
+                .and_then(|m| m.get(&n))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        Ok(get(QueueAttributeName::ApproximateNumberOfMessages)
+            + get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+    }
+}

@@ -1,0 +1,495 @@
+//! TEST CODE: what AWS does around DynamoDB Streams that moto does not.
+//!
+//! * [`StreamReader`] follows every shard of a stream (moto has one) in order.
+//! * [`Replicator`] simulates global-table replication one way: each change in the source
+//!   replica's stream is applied to the destination replica after a delay, last writer
+//!   wins, and the direction can be paused. Writes it makes are remembered so the reverse
+//!   replicator does not send them back.
+//! * [`StreamMapping`] simulates a Lambda event source mapping on a stream: batches,
+//!   `ReportBatchItemFailures` (retry from the lowest failed sequence number), bisect on
+//!   function error, bounded retries, and an S3 on-failure destination holding the batch.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use aws_sdk_dynamodbstreams::types::{OperationType, Record, ShardIteratorType};
+use serde_json::{Value, json};
+
+use crate::aws::{RegionClients, image_json, to_table_attr};
+use crate::runtime::{Invoke, InvokeResult, failed_ids};
+
+/// Follows a stream from TRIM_HORIZON.
+pub struct StreamReader {
+    clients: RegionClients,
+    stream_arn: String,
+    iterators: HashMap<String, Option<String>>,
+}
+
+impl StreamReader {
+    pub fn new(clients: RegionClients, stream_arn: &str) -> Self {
+        Self {
+            clients,
+            stream_arn: stream_arn.to_owned(),
+            iterators: HashMap::new(),
+        }
+    }
+
+    /// New records of every shard, in order.
+    pub async fn poll(&mut self) -> Result<Vec<Record>> {
+        let desc = self
+            .clients
+            .streams
+            .describe_stream()
+            .stream_arn(&self.stream_arn)
+            .send()
+            .await?;
+        let shards: Vec<String> = desc
+            .stream_description()
+            .map(|d| {
+                d.shards()
+                    .iter()
+                    .filter_map(|s| s.shard_id().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for shard in shards {
+            if !self.iterators.contains_key(&shard) {
+                let it = self
+                    .clients
+                    .streams
+                    .get_shard_iterator()
+                    .stream_arn(&self.stream_arn)
+                    .shard_id(&shard)
+                    .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                    .send()
+                    .await?
+                    .shard_iterator()
+                    .map(str::to_owned);
+                self.iterators.insert(shard.clone(), it);
+            }
+            let Some(Some(it)) = self.iterators.get(&shard).cloned() else {
+                continue;
+            };
+            let r = self
+                .clients
+                .streams
+                .get_records()
+                .shard_iterator(&it)
+                .limit(1000)
+                .send()
+                .await?;
+            out.extend(r.records().iter().cloned());
+            self.iterators.insert(
+                shard,
+                r.next_shard_iterator().map(str::to_owned).or(Some(it)),
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Canonical text of an item key (for maps and loop detection).
+pub fn key_text(keys: &Value) -> String {
+    keys.to_string() // serde_json maps are sorted: canonical
+}
+
+/// Writes the replicators made, per region: (table, key text, image text) → count.
+#[derive(Default, Debug)]
+pub struct EchoFilter(Mutex<HashMap<(String, String, String), usize>>);
+
+impl EchoFilter {
+    fn remember(&self, region: &str, key: &str, image: &str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((region.into(), key.into(), image.into()))
+            .or_default() += 1;
+    }
+    /// True (and forgets it) when this record is the echo of a replicated write.
+    pub fn is_echo(&self, region: &str, key: &str, image: &str) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match m.get_mut(&(region.into(), key.into(), image.into())) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Per item: the write time of the newest version applied anywhere (last writer wins).
+#[derive(Default, Debug)]
+pub struct Versions(Mutex<HashMap<(String, String), u64>>);
+
+/// Text of a record's image for echo detection.
+pub fn image_text(r: &Record) -> (String, String) {
+    let d = r.dynamodb();
+    let keys = d
+        .and_then(|d| d.keys())
+        .map(image_json)
+        .unwrap_or(Value::Null);
+    let image = match r.event_name() {
+        Some(OperationType::Remove) => json!("REMOVE"),
+        _ => d
+            .and_then(|d| d.new_image())
+            .map(image_json)
+            .unwrap_or(Value::Null),
+    };
+    (key_text(&keys), image.to_string())
+}
+
+/// One direction of global-table replication.
+pub struct Replicator {
+    pub from: String,
+    pub to: String,
+    table: String,
+    reader: StreamReader,
+    dest: RegionClients,
+    delay: Duration,
+    pub paused: Arc<AtomicBool>,
+    pending: VecDeque<(Instant, Record)>,
+    echoes: Arc<EchoFilter>,
+    versions: Arc<Versions>,
+    /// Attribute holding the application's write time (ms), for last-writer-wins.
+    written_at: Option<String>,
+}
+
+impl Replicator {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        table: &str,
+        source: RegionClients,
+        source_stream: &str,
+        dest: RegionClients,
+        delay: Duration,
+        echoes: Arc<EchoFilter>,
+        versions: Arc<Versions>,
+        written_at: Option<String>,
+    ) -> Self {
+        Self {
+            from: source.region.clone(),
+            to: dest.region.clone(),
+            table: table.to_owned(),
+            reader: StreamReader::new(source, source_stream),
+            dest,
+            delay,
+            paused: Arc::new(AtomicBool::new(false)),
+            pending: VecDeque::new(),
+            echoes,
+            versions,
+            written_at,
+        }
+    }
+
+    /// Pulls new changes and applies those whose delay has passed. Returns how many are
+    /// still waiting (paused ones included).
+    pub async fn step(&mut self) -> Result<usize> {
+        for r in self.reader.poll().await? {
+            let (key, image) = image_text(&r);
+            if self.echoes.is_echo(&self.from, &key, &image) {
+                continue; // a write this harness replicated into `from`: never send it back
+            }
+            self.pending.push_back((Instant::now(), r));
+        }
+        if self.paused.load(Ordering::SeqCst) {
+            return Ok(self.pending.len());
+        }
+        while let Some((seen, _)) = self.pending.front() {
+            if seen.elapsed() < self.delay {
+                break;
+            }
+            let Some((_, r)) = self.pending.pop_front() else {
+                break;
+            };
+            self.apply(&r).await?;
+        }
+        Ok(self.pending.len())
+    }
+
+    fn write_time(&self, r: &Record) -> u64 {
+        let d = r.dynamodb();
+        let app = self.written_at.as_ref().and_then(|a| {
+            d.and_then(|d| d.new_image())
+                .and_then(|i| i.get(a))
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse().ok())
+        });
+        app.unwrap_or_else(|| {
+            d.and_then(|d| d.approximate_creation_date_time())
+                .map_or(0, |t| {
+                    u64::try_from(t.to_millis().unwrap_or(0)).unwrap_or(0)
+                })
+        })
+    }
+
+    async fn apply(&mut self, r: &Record) -> Result<()> {
+        let (key, image) = image_text(r);
+        let t = self.write_time(r);
+        {
+            let mut v = self.versions.0.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = v.entry((self.table.clone(), key.clone())).or_insert(0);
+            if t < *slot {
+                return Ok(()); // an older write lost to a newer one (last writer wins)
+            }
+            *slot = t;
+        }
+        let d = r.dynamodb().context("record without body")?;
+        self.echoes.remember(&self.to, &key, &image);
+        match r.event_name() {
+            Some(OperationType::Remove) => {
+                let keys = d
+                    .keys()
+                    .context("no keys")?
+                    .iter()
+                    .map(|(k, v)| (k.clone(), to_table_attr(v)))
+                    .collect();
+                self.dest
+                    .dynamodb
+                    .delete_item()
+                    .table_name(&self.table)
+                    .set_key(Some(keys))
+                    .send()
+                    .await?;
+            }
+            _ => {
+                let item = d
+                    .new_image()
+                    .context("no new image")?
+                    .iter()
+                    .map(|(k, v)| (k.clone(), to_table_attr(v)))
+                    .collect();
+                self.dest
+                    .dynamodb
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .send()
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Settings of a stream mapping (as in template.yaml).
+#[derive(Debug, Clone)]
+pub struct MappingSettings {
+    pub batch_size: usize,
+    pub max_retries: u32,
+    pub bisect: bool,
+}
+
+impl Default for MappingSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 100,
+            max_retries: 3,
+            bisect: true,
+        }
+    }
+}
+
+/// TTL expiries the harness performed: (region, table, key text) → record carries the
+/// service principal in that region only.
+pub type TtlMarks = Arc<Mutex<HashSet<(String, String, String)>>>;
+
+/// A Lambda event source mapping on one stream.
+pub struct StreamMapping {
+    region: String,
+    table: String,
+    stream_arn: String,
+    reader: StreamReader,
+    function: Arc<dyn Invoke>,
+    settings: MappingSettings,
+    buffer: VecDeque<Value>,
+    attempts: u32,
+    limit: usize,
+    on_failure: Option<(aws_sdk_s3::Client, String)>,
+    ttl: TtlMarks,
+    /// Every invocation's outcome, for tests: (batch sequence numbers, failed ids or error).
+    pub log: Arc<Mutex<Vec<(Vec<String>, Result<Vec<String>, String>)>>>,
+}
+
+impl StreamMapping {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        clients: RegionClients,
+        table: &str,
+        stream_arn: &str,
+        function: Arc<dyn Invoke>,
+        settings: MappingSettings,
+        on_failure: Option<(aws_sdk_s3::Client, String)>,
+        ttl: TtlMarks,
+    ) -> Self {
+        let limit = settings.batch_size;
+        Self {
+            region: clients.region.clone(),
+            table: table.to_owned(),
+            stream_arn: stream_arn.to_owned(),
+            reader: StreamReader::new(clients, stream_arn),
+            function,
+            settings,
+            buffer: VecDeque::new(),
+            attempts: 0,
+            limit,
+            on_failure,
+            ttl,
+            log: Arc::default(),
+        }
+    }
+
+    /// The record as Lambda delivers it (moto's GetRecords lacks the ARN and identity).
+    fn lambda_record(&self, r: &Record) -> Value {
+        let d = r.dynamodb();
+        let mut body = serde_json::Map::new();
+        if let Some(t) = d.and_then(|d| d.approximate_creation_date_time()) {
+            body.insert("ApproximateCreationDateTime".into(), json!(t.secs()));
+        }
+        if let Some(k) = d.and_then(|d| d.keys()) {
+            body.insert("Keys".into(), image_json(k));
+        }
+        if let Some(i) = d.and_then(|d| d.new_image()) {
+            body.insert("NewImage".into(), image_json(i));
+        }
+        if let Some(i) = d.and_then(|d| d.old_image()) {
+            body.insert("OldImage".into(), image_json(i));
+        }
+        body.insert(
+            "SequenceNumber".into(),
+            json!(d.and_then(|d| d.sequence_number()).unwrap_or("")),
+        );
+        body.insert(
+            "SizeBytes".into(),
+            json!(d.and_then(|d| d.size_bytes()).unwrap_or(0)),
+        );
+        body.insert("StreamViewType".into(), json!("NEW_AND_OLD_IMAGES"));
+        let mut rec = json!({
+            "eventID": r.event_id().unwrap_or(""),
+            "eventName": r.event_name().map(|e| e.as_str()).unwrap_or(""),
+            "eventVersion": "1.1",
+            "eventSource": "aws:dynamodb",
+            "awsRegion": self.region,
+            "dynamodb": Value::Object(body),
+            "eventSourceARN": self.stream_arn,
+        });
+        if r.event_name() == Some(&OperationType::Remove) {
+            let (key, _) = image_text(r);
+            let mut ttl = self.ttl.lock().unwrap_or_else(|e| e.into_inner());
+            if ttl.remove(&(self.region.clone(), self.table.clone(), key)) {
+                rec["userIdentity"] =
+                    json!({"type": "Service", "principalId": "dynamodb.amazonaws.com"});
+            }
+        }
+        rec
+    }
+
+    /// Appends a raw record (a poison record in tests) as if the stream had carried it.
+    pub fn inject(&mut self, record: Value) {
+        self.buffer.push_back(record);
+    }
+
+    /// Reads new records and invokes until the buffer is empty or a batch must wait for a
+    /// retry. Returns the number of records still buffered.
+    pub async fn step(&mut self) -> Result<usize> {
+        for r in self.reader.poll().await? {
+            let rec = self.lambda_record(&r);
+            self.buffer.push_back(rec);
+        }
+        let mut invocations = 0;
+        while !self.buffer.is_empty() && invocations < 20 {
+            invocations += 1;
+            let n = self.limit.min(self.buffer.len());
+            let batch: Vec<Value> = self.buffer.iter().take(n).cloned().collect();
+            let seqs: Vec<String> = batch
+                .iter()
+                .map(|r| {
+                    r["dynamodb"]["SequenceNumber"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned()
+                })
+                .collect();
+            let payload = json!({"Records": batch}).to_string();
+            let result = self.function.invoke(payload).await?;
+            match result {
+                InvokeResult::Ok(v) => {
+                    let failed = failed_ids(&v);
+                    self.log
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((seqs.clone(), Ok(failed.clone())));
+                    // Checkpoint up to the lowest failed sequence number.
+                    let lowest = seqs.iter().position(|s| failed.contains(s));
+                    match lowest {
+                        None => {
+                            self.buffer.drain(..n);
+                            self.attempts = 0;
+                            self.limit = self.settings.batch_size;
+                        }
+                        Some(pos) => {
+                            self.buffer.drain(..pos);
+                            if !self.retry_or_give_up(n - pos).await? {
+                                return Ok(self.buffer.len());
+                            }
+                        }
+                    }
+                }
+                InvokeResult::Error(e) => {
+                    self.log
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((seqs, Err(e)));
+                    if self.settings.bisect && n > 1 {
+                        self.limit = n.div_ceil(2);
+                    }
+                    if !self.retry_or_give_up(self.limit.min(n)).await? {
+                        return Ok(self.buffer.len());
+                    }
+                }
+            }
+        }
+        Ok(self.buffer.len())
+    }
+
+    /// Counts an attempt; after `max_retries` sends the head batch to the on-failure
+    /// destination and skips it. `false` = wait for the next step before retrying.
+    async fn retry_or_give_up(&mut self, batch: usize) -> Result<bool> {
+        self.attempts += 1;
+        if self.attempts <= self.settings.max_retries {
+            return Ok(false);
+        }
+        let n = batch.min(self.buffer.len()).max(1).min(self.buffer.len());
+        let dropped: Vec<Value> = self.buffer.drain(..n).collect();
+        if let Some((s3, bucket)) = &self.on_failure {
+            let first = dropped
+                .first()
+                .map(|r| r["dynamodb"]["SequenceNumber"].clone())
+                .unwrap_or(Value::Null);
+            let doc = json!({
+                "requestContext": {"condition": "RetryAttemptsExhausted", "approximateInvokeCount": self.attempts},
+                "DDBStreamBatchInfo": {"streamArn": self.stream_arn, "startSequenceNumber": first, "batchSize": dropped.len()},
+                "payload": {"Records": dropped},
+            });
+            let key = format!(
+                "aws/lambda/{}/{}.json",
+                self.table,
+                first.as_str().unwrap_or("unknown")
+            );
+            s3.put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(doc.to_string().into_bytes().into())
+                .send()
+                .await?;
+        }
+        self.attempts = 0;
+        self.limit = self.settings.batch_size;
+        Ok(true)
+    }
+}
