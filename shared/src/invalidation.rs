@@ -206,6 +206,9 @@ pub fn batch_requests(packed: &[Packed]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
+/// Result of one PublishBatch call: per entry, or the whole call failed.
+type BatchResult = Result<Vec<Result<(), String>>, String>;
+
 /// Publishes everything; returns the records whose keys were not published.
 pub async fn publish_all(
     publisher: &dyn Publish,
@@ -215,22 +218,20 @@ pub async fn publish_all(
 ) -> Vec<(usize, String)> {
     let requests = batch_requests(packed);
     let calls = requests.len();
-    let results: Vec<(
-        std::ops::Range<usize>,
-        Result<Vec<Result<(), String>>, String>,
-    )> = futures::stream::iter(requests.into_iter().map(|range| {
-        let entries: Vec<Outbound> = packed[range.clone()]
-            .iter()
-            .map(|p| p.outbound.clone())
-            .collect();
-        async move {
-            let r = publisher.publish_batch(&entries).await;
-            (range, r)
-        }
-    }))
-    .buffer_unordered(4)
-    .collect()
-    .await;
+    let results: Vec<(std::ops::Range<usize>, BatchResult)> =
+        futures::stream::iter(requests.into_iter().map(|range| {
+            let entries: Vec<Outbound> = packed[range.clone()]
+                .iter()
+                .map(|p| p.outbound.clone())
+                .collect();
+            async move {
+                let r = publisher.publish_batch(&entries).await;
+                (range, r)
+            }
+        }))
+        .buffer_unordered(4)
+        .collect()
+        .await;
 
     let mut failed = Vec::new();
     let mut failures = 0usize;

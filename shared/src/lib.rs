@@ -18,6 +18,7 @@ pub mod objects;
 pub mod pipeline;
 pub mod ports;
 pub mod regions;
+mod sample_events;
 pub mod settings;
 pub mod sqs;
 pub mod template;

@@ -367,6 +367,10 @@ where
     }
 }
 
+/// What a mapping invoked, in order: (record or message ids of the batch, the failed ids
+/// the function reported, or its error).
+pub type InvocationLog = Arc<Mutex<Vec<(Vec<String>, Result<Vec<String>, String>)>>>;
+
 /// `batchItemFailures[].itemIdentifier` of a response.
 pub fn failed_ids(v: &serde_json::Value) -> Vec<String> {
     v.get("batchItemFailures")

@@ -2,14 +2,14 @@
 //! deletes what succeeded and makes only the failed messages visible again (moto's redrive
 //! policy moves a message to the dead-letter queue after maxReceiveCount receives).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Result;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use serde_json::{Value, json};
 
 use crate::aws::RegionClients;
-use crate::runtime::{Invoke, InvokeResult, failed_ids};
+use crate::runtime::{InvocationLog, Invoke, InvokeResult, failed_ids};
 
 pub struct SqsMapping {
     clients: RegionClients,
@@ -18,7 +18,7 @@ pub struct SqsMapping {
     function: Arc<dyn Invoke>,
     batch_size: usize,
     /// (message ids of the batch, failed ids or error) per invocation, for tests.
-    pub log: Arc<Mutex<Vec<(Vec<String>, Result<Vec<String>, String>)>>>,
+    pub log: InvocationLog,
 }
 
 impl SqsMapping {

@@ -19,7 +19,7 @@ use aws_sdk_dynamodbstreams::types::{OperationType, Record, ShardIteratorType};
 use serde_json::{Value, json};
 
 use crate::aws::{RegionClients, image_json, to_table_attr};
-use crate::runtime::{Invoke, InvokeResult, failed_ids};
+use crate::runtime::{InvocationLog, Invoke, InvokeResult, failed_ids};
 
 /// Follows a stream from TRIM_HORIZON.
 pub struct StreamReader {
@@ -313,7 +313,7 @@ pub struct StreamMapping {
     on_failure: Option<(aws_sdk_s3::Client, String)>,
     ttl: TtlMarks,
     /// Every invocation's outcome, for tests: (batch sequence numbers, failed ids or error).
-    pub log: Arc<Mutex<Vec<(Vec<String>, Result<Vec<String>, String>)>>>,
+    pub log: InvocationLog,
 }
 
 impl StreamMapping {

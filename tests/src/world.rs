@@ -5,8 +5,8 @@
 //! it, so tests run in parallel against the same emulators.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -680,6 +680,3 @@ impl Stages {
         invalidator: true,
     };
 }
-
-/// Shared mutable log type for mappings.
-pub type Log = Arc<Mutex<Vec<(Vec<String>, Result<Vec<String>, String>)>>>;
