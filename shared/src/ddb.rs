@@ -142,6 +142,38 @@ impl<'de: 'a, 'a> Deserialize<'de> for Image<'a> {
     }
 }
 
+/// Decodes an image keeping only the `wanted` attributes (all when `None`); the others are
+/// skipped without building values. Unknown type tags are errors in kept attributes.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageSeed<'w> {
+    pub wanted: Option<&'w [String]>,
+}
+
+impl<'de, 'w> serde::de::DeserializeSeed<'de> for ImageSeed<'w> {
+    type Value = Image<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Image<'de>, D::Error> {
+        struct V<'w>(Option<&'w [String]>);
+        impl<'de> Visitor<'de> for V<'_> {
+            type Value = Image<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of attribute names to values")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Image<'de>, M::Error> {
+                let mut out = Vec::with_capacity(self.0.map_or(8, <[String]>::len));
+                while let Some(k) = map.next_key::<Str<'de>>()? {
+                    if self.0.is_none_or(|w| w.iter().any(|x| *x == *k)) {
+                        out.push((k.0, map.next_value::<Attr<'de>>()?));
+                    } else {
+                        map.next_value::<de::IgnoredAny>()?;
+                    }
+                }
+                Ok(Image(out))
+            }
+        }
+        d.deserialize_map(V(self.wanted))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventName {
     Insert,
@@ -168,34 +200,90 @@ pub struct StreamRecord<'a> {
     pub ttl_delete: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Default)]
 struct WireRecord<'a> {
-    #[serde(rename = "eventID", borrow)]
     event_id: Option<Str<'a>>,
-    #[serde(rename = "eventName", borrow)]
     event_name: Option<Str<'a>>,
-    #[serde(rename = "awsRegion", borrow)]
     aws_region: Option<Str<'a>>,
-    #[serde(rename = "eventSourceARN", borrow)]
     event_source_arn: Option<Str<'a>>,
-    #[serde(borrow)]
     dynamodb: Option<WireBody<'a>>,
-    #[serde(rename = "userIdentity", borrow)]
     user_identity: Option<WireIdentity<'a>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default)]
 struct WireBody<'a> {
-    #[serde(rename = "ApproximateCreationDateTime")]
     approx: Option<f64>,
-    #[serde(rename = "Keys", borrow)]
     keys: Option<Image<'a>>,
-    #[serde(rename = "NewImage", borrow)]
     new_image: Option<Image<'a>>,
-    #[serde(rename = "OldImage", borrow)]
     old_image: Option<Image<'a>>,
-    #[serde(rename = "SequenceNumber", borrow)]
     sequence_number: Option<Str<'a>>,
+}
+
+/// Reads a stream record, decoding images through an [`ImageSeed`].
+struct RecordSeed<'w>(ImageSeed<'w>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for RecordSeed<'_> {
+    type Value = WireRecord<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<WireRecord<'de>, D::Error> {
+        struct V<'w>(ImageSeed<'w>);
+        impl<'de> Visitor<'de> for V<'_> {
+            type Value = WireRecord<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a DynamoDB stream record")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<WireRecord<'de>, M::Error> {
+                let mut w = WireRecord::default();
+                while let Some(k) = map.next_key::<Str<'de>>()? {
+                    match &*k {
+                        "eventID" => w.event_id = Some(map.next_value()?),
+                        "eventName" => w.event_name = Some(map.next_value()?),
+                        "awsRegion" => w.aws_region = Some(map.next_value()?),
+                        "eventSourceARN" => w.event_source_arn = Some(map.next_value()?),
+                        "userIdentity" => w.user_identity = Some(map.next_value()?),
+                        "dynamodb" => w.dynamodb = Some(map.next_value_seed(BodySeed(self.0))?),
+                        _ => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(w)
+            }
+        }
+        d.deserialize_map(V(self.0))
+    }
+}
+
+struct BodySeed<'w>(ImageSeed<'w>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for BodySeed<'_> {
+    type Value = WireBody<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<WireBody<'de>, D::Error> {
+        struct V<'w>(ImageSeed<'w>);
+        impl<'de> Visitor<'de> for V<'_> {
+            type Value = WireBody<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a `dynamodb` body")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<WireBody<'de>, M::Error> {
+                let mut b = WireBody::default();
+                while let Some(k) = map.next_key::<Str<'de>>()? {
+                    match &*k {
+                        "ApproximateCreationDateTime" => b.approx = Some(map.next_value()?),
+                        // Keys are always decoded whole: they identify the record.
+                        "Keys" => b.keys = Some(map.next_value_seed(ImageSeed { wanted: None })?),
+                        "NewImage" => b.new_image = Some(map.next_value_seed(self.0)?),
+                        "OldImage" => b.old_image = Some(map.next_value_seed(self.0)?),
+                        "SequenceNumber" => b.sequence_number = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(b)
+            }
+        }
+        d.deserialize_map(V(self.0))
+    }
 }
 
 #[derive(Deserialize)]
@@ -212,8 +300,18 @@ struct WireIdentity<'a> {
 pub struct DecodeError(pub String);
 
 impl<'a> StreamRecord<'a> {
+    /// Decodes a record, every attribute of its images included.
     pub fn decode(raw: &'a str) -> Result<Self, DecodeError> {
-        let w: WireRecord<'a> = serde_json::from_str(raw)
+        Self::decode_only(raw, None)
+    }
+
+    /// Decodes a record keeping only `wanted` image attributes (keys are always kept).
+    pub fn decode_only(raw: &'a str, wanted: Option<&[String]>) -> Result<Self, DecodeError> {
+        use serde::de::DeserializeSeed;
+        let mut de = serde_json::Deserializer::from_str(raw);
+        let w = RecordSeed(ImageSeed { wanted })
+            .deserialize(&mut de)
+            .and_then(|w| de.end().map(|()| w))
             .map_err(|e| DecodeError(format!("malformed stream record: {e}")))?;
         let body = w
             .dynamodb
@@ -347,6 +445,17 @@ mod tests {
     fn missing_body_is_a_decode_error() {
         let e = StreamRecord::decode(r#"{"eventID":"x","eventName":"INSERT"}"#).unwrap_err();
         assert!(e.0.contains("no `dynamodb` body"));
+    }
+
+    #[test]
+    fn decode_only_keeps_wanted_attributes_and_checks_their_tags() {
+        let wanted = vec!["email".to_owned()];
+        let r = StreamRecord::decode_only(MODIFY, Some(&wanted)).unwrap();
+        assert_eq!(r.new.as_ref().unwrap().0.len(), 1);
+        assert_eq!(r.new.as_ref().unwrap().scalar("email").unwrap(), "new@x");
+        assert_eq!(r.keys.scalar("pk").unwrap(), "u#1");
+        let bad = MODIFY.replace(r#""email":{"S":"new@x"}"#, r#""email":{"Z":"new@x"}"#);
+        assert!(StreamRecord::decode_only(&bad, Some(&wanted)).is_err());
     }
 
     #[test]

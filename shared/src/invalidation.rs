@@ -46,6 +46,24 @@ pub fn escaped_len(s: &str) -> usize {
         .sum()
 }
 
+/// Bytes a key adds to a body once the SNS → SQS envelope escapes the body again: its JSON
+/// string form (quotes, escapes), escaped a second time, plus the separating comma. Same
+/// conservative rule as [`escaped_len`] for non-ASCII. One pass, no allocation.
+pub fn key_cost(key: &str) -> usize {
+    let body: usize = key
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => 4,                             // \" → \\\"
+            '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 3, // \n → \\n
+            '\u{0}'..='\u{1f}' => 7,                     // \u0001 → \\u0001
+            c if c.is_ascii() => 1,
+            c if (c as u32) < 0x10000 => 6,
+            _ => 12,
+        })
+        .sum();
+    body + 4 + 1 // the two quotes (\" each) and a comma
+}
+
 /// The attribute-independent part of a message: which source, from where.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Group {
@@ -64,12 +82,37 @@ struct KeyEntry {
 }
 
 /// Keys of one batch, deduplicated, each remembering the records that asked for it.
+/// FNV-1a: keys are short and trusted-shape (rendered by our templates), so a simple fast
+/// hash beats SipHash here; the map is per batch and never exposed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
 #[derive(Debug, Default)]
 pub struct Coalescer {
     groups: Vec<Group>,
     entries: Vec<KeyEntry>,
     /// Per group: key → position in `entries`.
-    index: Vec<HashMap<String, usize>>,
+    index: Vec<FnvMap<String, usize>>,
 }
 
 /// One message ready to publish and the records it speaks for.
@@ -81,15 +124,29 @@ pub struct Packed {
 }
 
 impl Coalescer {
+    /// The index of a group, created on first use (no allocation when it exists).
+    pub fn group(&mut self, source: &str, origin_region: &str, replicated: bool) -> usize {
+        let found = self.groups.iter().position(|x| {
+            x.replicated == replicated && x.source == source && x.origin_region == origin_region
+        });
+        found.unwrap_or_else(|| {
+            self.groups.push(Group {
+                source: source.to_owned(),
+                origin_region: origin_region.to_owned(),
+                replicated,
+            });
+            self.index.push(FnvMap::default());
+            self.groups.len() - 1
+        })
+    }
+
     pub fn add(&mut self, group: &Group, key: String, record: usize, changed_at_ms: u64) {
-        let g = match self.groups.iter().position(|x| x == group) {
-            Some(g) => g,
-            None => {
-                self.groups.push(group.clone());
-                self.index.push(HashMap::new());
-                self.groups.len() - 1
-            }
-        };
+        let g = self.group(&group.source, &group.origin_region, group.replicated);
+        self.add_to(g, key, record, changed_at_ms);
+    }
+
+    /// Adds a key to group `g` (from [`Coalescer::group`]).
+    pub fn add_to(&mut self, g: usize, key: String, record: usize, changed_at_ms: u64) {
         match self.index[g].get(key.as_str()) {
             Some(&i) => {
                 let e = &mut self.entries[i];
@@ -137,7 +194,7 @@ impl Coalescer {
             let mut current: Vec<&KeyEntry> = Vec::new();
             let mut cost = base;
             for e in self.entries.iter().filter(|e| e.group == g) {
-                let key_cost = escaped_len(&serde_json::to_string(&e.key).unwrap_or_default()) + 1;
+                let key_cost = key_cost(&e.key);
                 if !current.is_empty() && cost + key_cost > budget {
                     out.push(finish(group, &current, out.len()));
                     current.clear();
@@ -156,13 +213,13 @@ impl Coalescer {
 
 fn finish(group: &Group, entries: &[&KeyEntry], n: usize) -> Packed {
     let changed_at_ms = entries.iter().map(|e| e.changed_at_ms).min().unwrap_or(0);
-    let msg = Invalidation {
+    let msg = message::InvalidationRef {
         v: message::VERSION,
-        source: group.source.clone(),
-        origin_region: group.origin_region.clone(),
+        source: &group.source,
+        origin_region: &group.origin_region,
         replicated: group.replicated,
         changed_at_ms,
-        keys: entries.iter().map(|e| e.key.clone()).collect(),
+        keys: entries.iter().map(|e| e.key.as_str()).collect(),
     };
     let mut records: Vec<usize> = entries
         .iter()
@@ -290,17 +347,17 @@ pub async fn publish_all(
 /// and a REMOVE (or TTL delete) uses what the stream still carries.
 pub fn table_keys(table: &Table, record: &StreamRecord<'_>, mut emit: impl FnMut(String)) {
     let images = [record.old.as_ref(), record.new.as_ref(), Some(&record.keys)];
-    let mut seen: Vec<String> = Vec::new();
+    let mut keys: Vec<String> = Vec::with_capacity(table.cache_keys.len() * 2);
     for t in &table.cache_keys {
         for img in images.iter().flatten() {
             if let Some(k) = t.render(|name| img.scalar(name))
-                && !seen.contains(&k)
+                && !keys.contains(&k)
             {
-                seen.push(k.clone());
-                emit(k);
+                keys.push(k);
             }
         }
     }
+    keys.into_iter().for_each(&mut emit);
 }
 
 /// Cache keys of one object change (`{key}`, `{dir}`, `{file}`).
@@ -546,6 +603,31 @@ cache_keys = ["user:{pk}", "user-email:{email}"]
         // Nearly full messages: ceil(total cost / budget) messages, not more.
         let total_cost: usize = packed.iter().map(|p| escaped_len(&p.outbound.body)).sum();
         assert!(packed.len() <= total_cost.div_ceil(BODY_BUDGET) + 1);
+    }
+
+    #[test]
+    fn key_cost_is_the_double_escaped_size_and_never_less() {
+        for key in [
+            "user:1",
+            "q\"uote",
+            "back\\slash",
+            "tab\tnl\n",
+            "ctl\u{1}",
+            "é",
+            "日本",
+            "🦀",
+            "",
+        ] {
+            // The key as an element of the body's array, then the body inside the envelope.
+            let once = serde_json::to_string(key).unwrap();
+            let twice = serde_json::to_string(&once).unwrap();
+            let real = twice.len() - 2 + 1; // minus the envelope's own quotes, plus a comma
+            if key.is_ascii() {
+                assert_eq!(key_cost(key), real, "{key:?}");
+            } else {
+                assert!(key_cost(key) >= real, "{key:?}");
+            }
+        }
     }
 
     #[test]

@@ -28,6 +28,17 @@ pub struct Invalidation {
     pub keys: Vec<String>,
 }
 
+/// The same message, borrowing its strings: what the publisher serialises.
+#[derive(Debug, Serialize)]
+pub struct InvalidationRef<'a> {
+    pub v: u32,
+    pub source: &'a str,
+    pub origin_region: &'a str,
+    pub replicated: bool,
+    pub changed_at_ms: u64,
+    pub keys: Vec<&'a str>,
+}
+
 impl Invalidation {
     pub fn decode(body: &str) -> Result<Self, DecodeError> {
         let m: Invalidation = serde_json::from_str(body)

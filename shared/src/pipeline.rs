@@ -10,7 +10,7 @@
 
 use futures::future::BoxFuture;
 use serde_json::value::RawValue;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, debug_span, info_span, warn};
 
 use crate::metrics::{Dim, Metric, Metrics};
 use crate::ports::{DeadLetter, DeadLetterEntry};
@@ -124,7 +124,9 @@ where
         };
         let mut outcome = outcome;
         if let Some(c) = &change {
-            let span = info_span!("record", id = id.as_deref().unwrap_or(""), index);
+            // A span per record, at debug level: at INFO (the default) it costs nothing on the
+            // hot path; warnings about a record carry its id themselves.
+            let span = debug_span!("record", id = id.as_deref().unwrap_or(""), index);
             let _guard = span.enter();
             for stage in stages.iter_mut() {
                 if let Err(reason) = stage.observe(index, c) {

@@ -29,39 +29,47 @@ impl StreamProcessor {
             InvalidationStage::new(self.ports.publisher.as_ref(), FUNCTION, &self.region);
         let prefix = self.config.deployment.heartbeat_prefix.as_str();
         let config = &self.config;
-        let decode = pipeline::decoder(|raw| match StreamRecord::decode(raw) {
-            Err(e) => Decoded::Reject {
-                id: StreamRecord::salvage_id(raw),
-                reason: e.0,
-            },
-            Ok(record) => {
-                let id = record.sequence_number.to_string();
-                let Some(name) = record.table.as_deref() else {
-                    return Decoded::Reject {
-                        id: Some(id),
-                        reason: "record has no eventSourceARN naming its table".into(),
-                    };
-                };
-                let Some(table) = config.table(name) else {
-                    return Decoded::Reject {
-                        id: Some(id),
-                        reason: format!("table `{name}` is not in the configuration"),
-                    };
-                };
-                let heartbeat = record
-                    .keys
-                    .scalar(&table.partition_key.name)
-                    .is_some_and(|pk| pk.starts_with(prefix));
-                Decoded::Ok {
-                    id,
-                    change: TableChange {
-                        table,
-                        record,
-                        heartbeat,
+        // One mapping per table: decode only the attributes that table declares (keys,
+        // template and rule attributes); everything else in the images is skipped.
+        let wanted: Option<Vec<String>> = config
+            .table(&source)
+            .map(|t| t.declared().map(str::to_owned).collect());
+        let decode =
+            pipeline::decoder(
+                |raw| match StreamRecord::decode_only(raw, wanted.as_deref()) {
+                    Err(e) => Decoded::Reject {
+                        id: StreamRecord::salvage_id(raw),
+                        reason: e.0,
                     },
-                }
-            }
-        });
+                    Ok(record) => {
+                        let id = record.sequence_number.to_string();
+                        let Some(name) = record.table.as_deref() else {
+                            return Decoded::Reject {
+                                id: Some(id),
+                                reason: "record has no eventSourceARN naming its table".into(),
+                            };
+                        };
+                        let Some(table) = config.table(name) else {
+                            return Decoded::Reject {
+                                id: Some(id),
+                                reason: format!("table `{name}` is not in the configuration"),
+                            };
+                        };
+                        let heartbeat = record
+                            .keys
+                            .scalar(&table.partition_key.name)
+                            .is_some_and(|pk| pk.starts_with(prefix));
+                        Decoded::Ok {
+                            id,
+                            change: TableChange {
+                                table,
+                                record,
+                                heartbeat,
+                            },
+                        }
+                    }
+                },
+            );
         let ctx = Context {
             function: FUNCTION,
             source: &source,

@@ -1,0 +1,138 @@
+//! Throughput of the stream-processor's per-batch work: split → decode each record →
+//! derive keys on old and new images → coalesce → pack into SNS messages, through the real
+//! handler (`StreamProcessor::handle`) with in-memory ports (no network).
+//!
+//! Batch: 4,000 NEW_AND_OLD_IMAGES records of ~1.4 KiB (~5.6 MB), the issue's target shape.
+//! `cargo bench -p tidemark --bench pipeline`
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use tidemark::app::Ports;
+use tidemark::app::stream::StreamProcessor;
+use tidemark::config::Config;
+use tidemark::ports::{DeadLetter, DeadLetterEntry, Outbound, Publish};
+
+struct NullPublisher;
+impl Publish for NullPublisher {
+    fn publish_batch<'a>(
+        &'a self,
+        entries: &'a [Outbound],
+    ) -> BoxFuture<'a, Result<Vec<Result<(), String>>, String>> {
+        Box::pin(async move { Ok(entries.iter().map(|_| Ok(())).collect()) })
+    }
+}
+
+struct NullDeadLetter;
+impl DeadLetter for NullDeadLetter {
+    fn put(&self, _: Vec<DeadLetterEntry>) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// One record of ~1.4 KiB: an e-mail change (two e-mail keys) plus payload attributes.
+fn record(i: usize) -> String {
+    let bio = "lorem ipsum dolor sit amet ".repeat(10);
+    let image = |email: &str, ms: u64| {
+        format!(
+            r#"{{"pk":{{"S":"user#{i:06}"}},"email":{{"S":"{email}"}},"home_region":{{"S":"us"}},"updated_at_ms":{{"N":"{ms}"}},"origin_region":{{"S":"us-east-1"}},"bio":{{"S":"{bio}"}},"score":{{"N":"{i}"}},"tags":{{"SS":["a","b","c"]}}}}"#
+        )
+    };
+    format!(
+        r#"{{"eventID":"{i:032x}","eventName":"MODIFY","eventVersion":"1.1","eventSource":"aws:dynamodb","awsRegion":"us-east-1","dynamodb":{{"ApproximateCreationDateTime":1763812800,"Keys":{{"pk":{{"S":"user#{i:06}"}}}},"NewImage":{},"OldImage":{},"SequenceNumber":"{:021}","SizeBytes":1300,"StreamViewType":"NEW_AND_OLD_IMAGES"}},"eventSourceARN":"arn:aws:dynamodb:us-east-1:123456789012:table/users/stream/2025-11-01T00:00:00.000"}}"#,
+        image(&format!("new{i}@example.com"), 1_763_812_800_456),
+        image(&format!("old{i}@example.com"), 1_763_812_800_123),
+        4_421_584_500_000_000_000_000u128 + i as u128,
+    )
+}
+
+fn main() {
+    let records: Vec<String> = (0..4000).map(record).collect();
+    let batch = format!(r#"{{"Records":[{}]}}"#, records.join(","));
+    println!(
+        "batch: {} records, {:.2} MB, {:.0} bytes/record",
+        records.len(),
+        batch.len() as f64 / 1e6,
+        batch.len() as f64 / records.len() as f64
+    );
+
+    let processor = StreamProcessor {
+        config: Config::embedded().expect("embedded config"),
+        region: "us-east-1".into(),
+        ports: Ports {
+            publisher: Arc::new(NullPublisher),
+            dead_letter: Arc::new(NullDeadLetter),
+        },
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // EMF goes to stdout once per batch; keep it out of the figures' output.
+    let iterations = 30;
+    let mut best = f64::MAX;
+    let mut total = 0.0;
+    for i in 0..iterations + 3 {
+        let start = Instant::now();
+        let failed = rt.block_on(processor.handle(&batch)).expect("batch");
+        let secs = start.elapsed().as_secs_f64();
+        assert!(failed.is_empty());
+        if i >= 3 {
+            best = best.min(secs);
+            total += secs;
+        }
+    }
+    let mean = total / f64::from(iterations);
+    let phase = |name: &str, f: &dyn Fn()| {
+        let start = Instant::now();
+        for _ in 0..iterations {
+            f();
+        }
+        let secs = start.elapsed().as_secs_f64() / f64::from(iterations);
+        eprintln!("  phase {name:<28} {:.2} ms/batch", secs * 1e3);
+    };
+    eprintln!();
+    phase("split batch (RawValue)", &|| {
+        std::hint::black_box(tidemark::ddb::split_batch(&batch).expect("split"));
+    });
+    let raws = tidemark::ddb::split_batch(&batch).expect("split");
+    phase("decode records", &|| {
+        for r in &raws {
+            std::hint::black_box(tidemark::ddb::StreamRecord::decode(r.get()).expect("decode"));
+        }
+    });
+    let decoded: Vec<_> = raws
+        .iter()
+        .map(|r| tidemark::ddb::StreamRecord::decode(r.get()).expect("decode"))
+        .collect();
+    let table = &processor.config.tables[0];
+    phase("derive keys", &|| {
+        for r in &decoded {
+            tidemark::invalidation::table_keys(table, r, |k| {
+                std::hint::black_box(k);
+            });
+        }
+    });
+    eprintln!();
+    eprintln!("decode + derive + pack, one core, {iterations} runs:");
+    eprintln!(
+        "  mean {:.2} ms/batch → {:.0} records/s ({:.0} MB/s)",
+        mean * 1e3,
+        4000.0 / mean,
+        batch.len() as f64 / mean / 1e6
+    );
+    eprintln!(
+        "  best {:.2} ms/batch → {:.0} records/s",
+        best * 1e3,
+        4000.0 / best
+    );
+    phase("derive + coalesce + pack", &|| {
+        let mut co = tidemark::invalidation::Coalescer::default();
+        let g = co.group("users", "us-east-1", true);
+        for (i, r) in decoded.iter().enumerate() {
+            tidemark::invalidation::table_keys(table, r, |k| co.add_to(g, k, i, 1));
+        }
+        std::hint::black_box(co.pack(tidemark::invalidation::BODY_BUDGET));
+    });
+}
