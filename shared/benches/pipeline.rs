@@ -31,22 +31,6 @@ impl DeadLetter for NullDeadLetter {
     }
 }
 
-/// One record of ~1.4 KiB: an e-mail change (two e-mail keys) plus payload attributes.
-fn record(i: usize) -> String {
-    let bio = "lorem ipsum dolor sit amet ".repeat(10);
-    let image = |email: &str, ms: u64| {
-        format!(
-            r#"{{"pk":{{"S":"user#{i:06}"}},"email":{{"S":"{email}"}},"home_region":{{"S":"us"}},"updated_at_ms":{{"N":"{ms}"}},"origin_region":{{"S":"us-east-1"}},"bio":{{"S":"{bio}"}},"score":{{"N":"{i}"}},"tags":{{"SS":["a","b","c"]}}}}"#
-        )
-    };
-    format!(
-        r#"{{"eventID":"{i:032x}","eventName":"MODIFY","eventVersion":"1.1","eventSource":"aws:dynamodb","awsRegion":"us-east-1","dynamodb":{{"ApproximateCreationDateTime":1763812800,"Keys":{{"pk":{{"S":"user#{i:06}"}}}},"NewImage":{},"OldImage":{},"SequenceNumber":"{:021}","SizeBytes":1300,"StreamViewType":"NEW_AND_OLD_IMAGES"}},"eventSourceARN":"arn:aws:dynamodb:us-east-1:123456789012:table/users/stream/2025-11-01T00:00:00.000"}}"#,
-        image(&format!("new{i}@example.com"), 1_763_812_800_456),
-        image(&format!("old{i}@example.com"), 1_763_812_800_123),
-        4_421_584_500_000_000_000_000u128 + i as u128,
-    )
-}
-
 fn main() {
     let records: Vec<String> = (0..4000).map(record).collect();
     let batch = format!(r#"{{"Records":[{}]}}"#, records.join(","));

@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod ports;
 pub mod regions;
 mod sample_events;
+pub mod samples;
 pub mod settings;
 pub mod sqs;
 pub mod template;

@@ -42,6 +42,8 @@ struct Shared {
     stdout: Mutex<Vec<String>>,
     stderr: Mutex<Vec<String>>,
     next_id: Mutex<u64>,
+    /// When the first `GET …/invocation/next` arrived (init finished).
+    first_next: Mutex<Option<std::time::Instant>>,
 }
 
 /// A real bootstrap under the Runtime API.
@@ -50,6 +52,7 @@ pub struct BinaryFunction {
     shared: Arc<Shared>,
     child: Mutex<Option<Child>>,
     timeout: Duration,
+    spawned_at: std::time::Instant,
 }
 
 impl std::fmt::Debug for BinaryFunction {
@@ -125,6 +128,7 @@ impl BinaryFunction {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let spawned_at = std::time::Instant::now();
         let mut child = cmd
             .spawn()
             .with_context(|| format!("spawn {}", bin.display()))?;
@@ -155,6 +159,7 @@ impl BinaryFunction {
             shared,
             child: Mutex::new(Some(child)),
             timeout: Duration::from_secs(60),
+            spawned_at,
         }))
     }
 
@@ -185,6 +190,25 @@ impl BinaryFunction {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Process start → first Runtime API request (the function's init), once it happened.
+    pub fn init_time(&self) -> Option<Duration> {
+        let first = *self
+            .shared
+            .first_next
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        first.map(|t| t.duration_since(self.spawned_at))
+    }
+
+    /// Peak resident set size of the child (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     /// PID of the child, for memory measurements.
@@ -263,6 +287,10 @@ async fn serve_connection(sock: tokio::net::TcpStream, s: Arc<Shared>, arn: Stri
     while let Some(req) = read_message(&mut r, false).await? {
         let path = req.path().to_owned();
         if req.method() == "GET" && path.ends_with("/invocation/next") {
+            s.first_next
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(std::time::Instant::now);
             let next = loop {
                 let notified = s.notify.notified();
                 if let Some(p) = s
