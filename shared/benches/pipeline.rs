@@ -32,13 +32,12 @@ impl DeadLetter for NullDeadLetter {
 }
 
 fn main() {
-    let records: Vec<String> = (0..4000).map(record).collect();
-    let batch = format!(r#"{{"Records":[{}]}}"#, records.join(","));
+    let n = 4000;
+    let batch = tidemark::samples::stream_batch(n, "users");
     println!(
-        "batch: {} records, {:.2} MB, {:.0} bytes/record",
-        records.len(),
+        "batch: {n} records, {:.2} MB, {:.0} bytes/record",
         batch.len() as f64 / 1e6,
-        batch.len() as f64 / records.len() as f64
+        batch.len() as f64 / n as f64
     );
 
     let processor = StreamProcessor {
