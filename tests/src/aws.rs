@@ -169,6 +169,25 @@ impl RegionClients {
         Ok((url, arn))
     }
 
+    /// A queue whose messages become visible `delay` seconds after they are sent.
+    pub async fn create_queue_with_delay(
+        &self,
+        name: &str,
+        delay: u32,
+    ) -> Result<(String, String)> {
+        let (url, arn) = self.create_queue(name, None, 0).await?;
+        self.sqs
+            .set_queue_attributes()
+            .queue_url(&url)
+            .attributes(
+                aws_sdk_sqs::types::QueueAttributeName::DelaySeconds,
+                delay.to_string(),
+            )
+            .send()
+            .await?;
+        Ok((url, arn))
+    }
+
     /// Subscribes a queue to a topic (raw delivery optional, filter policy optional).
     pub async fn subscribe(
         &self,

@@ -3,6 +3,7 @@
 //! the S3 events moto does not send) — production code never reads what it writes.
 
 pub mod aws;
+pub mod gate;
 pub mod http;
 pub mod proxy;
 pub mod runtime;

@@ -19,6 +19,7 @@ use tidemark::adapters::sns::SnsPublisher;
 use tidemark::app::Ports;
 
 use crate::aws::RegionClients;
+use crate::gate::Gate;
 use crate::proxy::Proxy;
 use crate::runtime::{BinaryFunction, InProcess, Invoke};
 use crate::s3sim::{EventFeed, ReplicaSet, S3Replicator, Shape};
@@ -44,8 +45,13 @@ pub struct Options {
     pub sqs_batch: usize,
     /// Subscribe each region's queue to the peers' topics (filter: replicated = false).
     pub cross_region: bool,
-    /// Extra TOML appended to the generated configuration's table section.
+    /// `replicated` of the table in the generated configuration.
     pub table_replicated: bool,
+    /// Naive wiring for comparison: eu-west-1's cache is invalidated from us-east-1's topic
+    /// (no filter) and eu-west-1's own stream-processor is off.
+    pub naive_wiring: bool,
+    /// Delivery delay (s) of a second subscription for the delayed second delete.
+    pub second_delete_delay: Option<u32>,
 }
 
 impl Default for Options {
@@ -62,6 +68,8 @@ impl Default for Options {
             sqs_batch: 10,
             cross_region: true,
             table_replicated: true,
+            naive_wiring: false,
+            second_delete_delay: None,
         }
     }
 }
@@ -110,11 +118,16 @@ pub struct RegionWorld {
     pub dead_letter_bucket: String,
     pub failure_bucket: String,
     pub redis_url: String,
+    /// The cache as the invalidator reaches it (through a gate that can fail it).
+    pub cache_gate: Gate,
     pub stream_processor: Arc<dyn Invoke>,
     pub binaries: Vec<Arc<BinaryFunction>>,
     pub stream_mapping: StreamMapping,
     pub invalidation_mapping: SqsMapping,
+    pub delayed_mapping: Option<SqsMapping>,
     pub object_mapping: SqsMapping,
+    /// Whether `step` drives this region's stream mapping.
+    pub stream_enabled: bool,
     pub feed: EventFeed,
 }
 
@@ -217,6 +230,8 @@ impl World {
                 .create_queue(&format!("objects-{id}"), Some(&object_dlq_arn), 3)
                 .await?;
             let redis_url = emulators.redis_url(r).to_owned();
+            let cache_gate = Gate::start(redis_url.trim_start_matches("redis://")).await?;
+            let gated_url = format!("redis://{}", cache_gate.addr);
 
             let mut binaries = Vec::new();
             let (stream_processor, object_processor, invalidator): (
@@ -270,7 +285,7 @@ impl World {
                         r,
                         &with(&[
                             ("TIDEMARK_DEAD_LETTER_QUEUE_URL", &queue_dlq_url),
-                            ("TIDEMARK_CACHE_URL", &redis_url),
+                            ("TIDEMARK_CACHE_URL", &gated_url),
                         ]),
                     )
                     .await?;
@@ -352,9 +367,25 @@ impl World {
                 clients.clone(),
                 &queue_url,
                 &queue_arn,
-                invalidator,
+                invalidator.clone(),
                 options.sqs_batch,
             );
+            let delayed_mapping = match options.second_delete_delay {
+                Some(delay) => {
+                    let (url, arn) = clients
+                        .create_queue_with_delay(&format!("inval-delayed-{id}"), delay)
+                        .await?;
+                    clients.subscribe(&topic_arn, &arn, true, None).await?;
+                    Some(SqsMapping::new(
+                        clients.clone(),
+                        &url,
+                        &arn,
+                        invalidator,
+                        options.sqs_batch,
+                    ))
+                }
+                None => None,
+            };
             let object_mapping = SqsMapping::new(
                 clients.clone(),
                 &object_queue_url,
@@ -382,11 +413,14 @@ impl World {
                 dead_letter_bucket,
                 failure_bucket,
                 redis_url,
+                cache_gate,
                 stream_processor,
                 binaries,
                 stream_mapping,
                 invalidation_mapping,
+                delayed_mapping,
                 object_mapping,
+                stream_enabled: !(options.naive_wiring && r == "eu-west-1"),
                 feed,
             });
         }
@@ -408,6 +442,14 @@ impl World {
                     }
                 }
             }
+        }
+
+        if options.naive_wiring {
+            // The naive alternative: us-east-1's changes invalidate eu-west-1's cache directly.
+            regions[0]
+                .clients
+                .subscribe(&regions[0].topic_arn, &regions[1].queue_arn, true, None)
+                .await?;
         }
 
         let echoes = Arc::new(EchoFilter::default());
@@ -505,13 +547,16 @@ impl World {
             }
         }
         for r in &mut self.regions {
-            if stages.streams {
+            if stages.streams && r.stream_enabled {
                 busy |= r.stream_mapping.step().await? > 0;
             }
             busy |= r.feed.step().await? > 0;
             busy |= r.object_mapping.step().await? > 0;
             if stages.invalidator {
                 busy |= r.invalidation_mapping.step().await? > 0;
+                if let Some(d) = &r.delayed_mapping {
+                    busy |= d.step().await? > 0;
+                }
             }
         }
         Ok(busy)

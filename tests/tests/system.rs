@@ -462,3 +462,290 @@ async fn replicated_sources_stay_in_region_and_regional_ones_cross() -> Result<(
     assert!(!eu[0].replicated && eu[0].origin_region == "us-east-1");
     Ok(())
 }
+
+// ------------------------------------------------------------------ cache adapter: TLS, cluster, outage
+
+fn env(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run scripts/test.sh"))
+}
+
+async fn fill(url: &str, ca: Option<&str>, keys: &[String]) -> Result<()> {
+    let client = match ca {
+        Some(ca) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(ca)?),
+            },
+        )?,
+        None => redis::Client::open(url)?,
+    };
+    let mut c = client.get_multiplexed_async_connection().await?;
+    for k in keys {
+        redis::cmd("SET")
+            .arg(k)
+            .arg("v")
+            .query_async::<()>(&mut c)
+            .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn cache_unlinks_over_tls_with_a_private_ca() -> Result<()> {
+    use tidemark::adapters::cache::{CacheSettings, RedisCache};
+    use tidemark::ports::Cache;
+    let url = env("TIDEMARK_REDIS_TLS_URL");
+    let ca = env("TIDEMARK_REDIS_TLS_CA");
+    let keys: Vec<String> = (0..50)
+        .map(|i| format!("tls-{}:{i}", std::process::id()))
+        .collect();
+    fill(&url, Some(&ca), &keys).await?;
+    let cache = RedisCache::new(CacheSettings {
+        url: url.clone(),
+        cluster: false,
+        ca_pem: Some(std::fs::read(&ca)?),
+        username: None,
+        password: None,
+    });
+    assert_eq!(cache.unlink(&keys).await.map_err(anyhow::Error::msg)?, 50);
+    assert_eq!(
+        cache.unlink(&keys).await.map_err(anyhow::Error::msg)?,
+        0,
+        "idempotent"
+    );
+    // Without the private CA the server is not trusted: the call fails, it does not hang.
+    let untrusted = RedisCache::new(CacheSettings {
+        url,
+        cluster: false,
+        ca_pem: None,
+        username: None,
+        password: None,
+    });
+    assert!(untrusted.unlink(&keys).await.is_err());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn cluster_mode_groups_keys_by_slot() -> Result<()> {
+    use tidemark::adapters::cache::{CacheSettings, RedisCache, group_by_slot};
+    use tidemark::ports::Cache;
+    let url = env("TIDEMARK_REDIS_CLUSTER_URL");
+    let keys: Vec<String> = (0..200)
+        .map(|i| format!("cl-{}:user:{i}", std::process::id()))
+        .collect();
+    assert!(group_by_slot(&keys).len() > 100, "keys span many slots");
+    let client = redis::cluster::ClusterClient::new(vec![url.as_str()])?;
+    let mut c = client.get_async_connection().await?;
+    for k in &keys {
+        redis::cmd("SET")
+            .arg(k)
+            .arg("v")
+            .query_async::<()>(&mut c)
+            .await?;
+    }
+    // A multi-key command spanning slots, sent to a node as a client unaware of slots
+    // would, is rejected by the cluster…
+    let mut node = redis::Client::open(url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let naive: redis::RedisResult<u64> = redis::cmd("UNLINK")
+        .arg(&keys[..10])
+        .query_async(&mut node)
+        .await;
+    let err = naive.expect_err("a multi-slot UNLINK must fail");
+    assert!(
+        err.to_string().to_uppercase().contains("CROSSSLOT"),
+        "{err}"
+    );
+    // …the adapter groups by slot and deletes everything.
+    let cache = RedisCache::new(CacheSettings {
+        url,
+        cluster: true,
+        ca_pem: None,
+        username: None,
+        password: None,
+    });
+    assert_eq!(cache.unlink(&keys).await.map_err(anyhow::Error::msg)?, 200);
+    for k in &keys {
+        let exists: u64 = redis::cmd("EXISTS").arg(k).query_async(&mut c).await?;
+        assert_eq!(exists, 0, "{k}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn cache_outage_retries_messages_and_leaves_nothing_stale() -> Result<()> {
+    let mut w = World::start(Options::default()).await?;
+    for region in ["us-east-1", "eu-west-1"] {
+        w.set_cached(region, "user:down", "stale").await?;
+        w.region(region).cache_gate.set_open(false);
+    }
+    w.put_user("us-east-1", "down", "d@x").await?;
+    for _ in 0..2 {
+        w.step(Stages::ALL).await?;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let log = w
+        .region("us-east-1")
+        .invalidation_mapping
+        .log
+        .lock()
+        .unwrap()
+        .clone();
+    assert!(
+        log.iter().any(|(ids, r)| r
+            .as_ref()
+            .is_ok_and(|f| !f.is_empty() && f.len() == ids.len())),
+        "{log:?}"
+    );
+    for region in ["us-east-1", "eu-west-1"] {
+        w.region(region).cache_gate.set_open(true);
+    }
+    w.settle().await?;
+    for region in ["us-east-1", "eu-west-1"] {
+        assert!(w.cached_keys(region).await?.is_empty(), "{region}");
+        let r = w.region(region);
+        assert!(
+            r.clients.drain(&r.queue_dlq_url).await?.is_empty(),
+            "{region}: nothing given up"
+        );
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ the stale-refill race
+
+/// Runs a read-through filler in eu-west-1 (miss → read the local replica → set) while
+/// us-east-1 updates items and everything settles; returns how many eu-west-1 cache
+/// entries differ from eu-west-1's replica afterwards.
+async fn stale_after_workload(naive: bool) -> Result<usize> {
+    let mut w = World::start(Options {
+        naive_wiring: naive,
+        cross_region: false,
+        replication_delay: Duration::from_millis(700),
+        ..Options::default()
+    })
+    .await?;
+    let items: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
+    for pk in &items {
+        w.put_user("us-east-1", pk, &format!("{pk}-v0@x")).await?;
+    }
+    w.settle().await?;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let filler = {
+        let (stop, items) = (stop.clone(), items.clone());
+        let (url, prefix, table) = (
+            w.region("eu-west-1").redis_url.clone(),
+            w.key_prefix.clone(),
+            w.table.clone(),
+        );
+        let ddb = w.region("eu-west-1").clients.dynamodb.clone();
+        tokio::spawn(async move {
+            let client = redis::Client::open(url.as_str())?;
+            let mut c = client.get_multiplexed_async_connection().await?;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for pk in &items {
+                    let key = format!("{prefix}user:{pk}");
+                    let cached: Option<String> =
+                        redis::cmd("GET").arg(&key).query_async(&mut c).await?;
+                    if cached.is_none() {
+                        let out = ddb
+                            .get_item()
+                            .table_name(&table)
+                            .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(pk.clone()))
+                            .consistent_read(true)
+                            .send()
+                            .await?;
+                        if let Some(email) = out
+                            .item()
+                            .and_then(|i| i.get("email"))
+                            .and_then(|v| v.as_s().ok())
+                        {
+                            redis::cmd("SET")
+                                .arg(&key)
+                                .arg(email)
+                                .query_async::<()>(&mut c)
+                                .await?;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await; // the filler warms the cache
+    for pk in &items {
+        w.put_user("us-east-1", pk, &format!("{pk}-v1@x")).await?;
+    }
+    w.settle().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    filler.await??;
+
+    let mut c = w.cache("eu-west-1").await?;
+    let mut stale = 0;
+    for pk in &items {
+        let cached: Option<String> = redis::cmd("GET")
+            .arg(format!("{}user:{pk}", w.key_prefix))
+            .query_async(&mut c)
+            .await?;
+        let replica = w.get_user("eu-west-1", pk).await?;
+        assert_eq!(
+            replica.as_deref(),
+            Some(format!("{pk}-v1@x").as_str()),
+            "replication converged"
+        );
+        if cached.is_some() && cached != replica {
+            stale += 1;
+        }
+    }
+    Ok(stale)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn tidemark_wiring_leaves_no_stale_refill() -> Result<()> {
+    assert_eq!(stale_after_workload(false).await?, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn naive_cross_region_wiring_leaves_stale_refills() -> Result<()> {
+    assert!(
+        stale_after_workload(true).await? > 0,
+        "invalidating before the replica changes lets readers refill old data"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn delayed_second_delete_removes_a_late_refill() -> Result<()> {
+    let mut w = World::start(Options {
+        second_delete_delay: Some(2),
+        cross_region: false,
+        ..Options::default()
+    })
+    .await?;
+    w.pause("us-east-1", "eu-west-1", true);
+    w.set_cached("us-east-1", "user:late", "old").await?;
+    w.put_user("us-east-1", "late", "new@x").await?;
+    w.settle().await?;
+    assert!(w.cached_keys("us-east-1").await?.is_empty(), "first delete");
+    // A reader that read the old value before the change sets it after the first delete.
+    w.set_cached("us-east-1", "user:late", "old").await?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    w.settle().await?;
+    assert!(
+        w.cached_keys("us-east-1").await?.is_empty(),
+        "the delayed second delete removed the late refill"
+    );
+    Ok(())
+}
