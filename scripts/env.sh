@@ -69,6 +69,15 @@ up() {
     echo $! >"$STATE/redis-tls.pid"; echo "$port" >"$STATE/redis-tls.port"
     wait_for "redis tls" redis-cli --tls --cacert "$tls/ca.crt" -p "$port" ping
   fi
+  # Password auth: a throwaway random password, generated here and never committed.
+  if ! alive "$STATE/redis-auth.pid"; then
+    local port; port=$(free_port)
+    openssl rand -hex 16 >"$STATE/redis-auth.password"
+    redis-server --bind 127.0.0.1 --port "$port" --requirepass "$(cat "$STATE/redis-auth.password")" \
+      --save '' --appendonly no --daemonize no >"$STATE/redis-auth.log" 2>&1 &
+    echo $! >"$STATE/redis-auth.pid"; echo "$port" >"$STATE/redis-auth.port"
+    wait_for "redis auth" sh -c "REDISCLI_AUTH=\$(cat '$STATE/redis-auth.password') redis-cli -p $port ping | grep -q PONG"
+  fi
   # Cluster mode: three masters, every slot assigned.
   if ! alive "$STATE/redis-cluster-0.pid"; then
     local nodes=()
@@ -88,6 +97,8 @@ up() {
   {
     echo "export TIDEMARK_REDIS_TLS_URL=rediss://127.0.0.1:$(cat "$STATE/redis-tls.port")"
     echo "export TIDEMARK_REDIS_TLS_CA=$tls/ca.crt"
+    echo "export TIDEMARK_REDIS_AUTH_URL=redis://127.0.0.1:$(cat "$STATE/redis-auth.port")"
+    echo "export TIDEMARK_REDIS_AUTH_PASSWORD_FILE=$STATE/redis-auth.password"
     echo "export TIDEMARK_REDIS_CLUSTER_URL=redis://127.0.0.1:$(cat "$STATE/redis-cluster-0.port")"
     echo "export TIDEMARK_MOTO_URL=http://127.0.0.1:$(cat "$STATE/moto.port")"
     for r in "${REGIONS[@]}"; do

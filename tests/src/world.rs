@@ -322,7 +322,7 @@ impl World {
                             cluster: false,
                             ca_pem: None,
                             username: None,
-                            password: None,
+                            auth: tidemark::adapters::cache::CacheAuth::None,
                         })),
                         dead_letter: Arc::new(SqsDeadLetter::new(
                             clients.sqs.clone(),

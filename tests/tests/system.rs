@@ -507,7 +507,7 @@ async fn cache_unlinks_over_tls_with_a_private_ca() -> Result<()> {
         cluster: false,
         ca_pem: Some(std::fs::read(&ca)?),
         username: None,
-        password: None,
+        auth: tidemark::adapters::cache::CacheAuth::None,
     });
     assert_eq!(cache.unlink(&keys).await.map_err(anyhow::Error::msg)?, 50);
     assert_eq!(
@@ -521,9 +521,73 @@ async fn cache_unlinks_over_tls_with_a_private_ca() -> Result<()> {
         cluster: false,
         ca_pem: None,
         username: None,
-        password: None,
+        auth: tidemark::adapters::cache::CacheAuth::None,
     });
     assert!(untrusted.unlink(&keys).await.is_err());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn cache_password_comes_from_secrets_manager() -> Result<()> {
+    use tidemark::adapters::cache::{CacheAuth, CacheSettings, RedisCache};
+    use tidemark::ports::Cache;
+    let url = env("TIDEMARK_REDIS_AUTH_URL");
+    let password = std::fs::read_to_string(env("TIDEMARK_REDIS_AUTH_PASSWORD_FILE"))?
+        .trim()
+        .to_owned();
+    let sdk = tidemark_tests::aws::sdk_config(&env("TIDEMARK_MOTO_URL"), "us-east-1", 1).await;
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    let id = format!(
+        "tidemark-cache-{}-{}",
+        std::process::id(),
+        tidemark::now_ms()
+    );
+    let arn = sm
+        .create_secret()
+        .name(&id)
+        .secret_string(json!({"username": "default", "password": password}).to_string())
+        .send()
+        .await?
+        .arn()
+        .unwrap()
+        .to_owned();
+    let key = vec![format!("auth-{id}")];
+    fill(
+        &url.replace("redis://", &format!("redis://:{password}@")),
+        None,
+        &key,
+    )
+    .await?;
+    let settings = |secret_id: &str| CacheSettings {
+        url: url.clone(),
+        cluster: false,
+        ca_pem: None,
+        username: None,
+        auth: CacheAuth::Secret {
+            client: sm.clone(),
+            secret_id: secret_id.to_owned(),
+        },
+    };
+    assert_eq!(
+        RedisCache::new(settings(&arn))
+            .unlink(&key)
+            .await
+            .map_err(anyhow::Error::msg)?,
+        1
+    );
+    // A wrong password fails the call (so the messages are retried), and names no secret value.
+    let wrong = sm
+        .create_secret()
+        .name(format!("{id}-wrong"))
+        .secret_string("not-the-password")
+        .send()
+        .await?;
+    let err = RedisCache::new(settings(wrong.arn().unwrap()))
+        .unlink(&key)
+        .await
+        .unwrap_err();
+    assert!(!err.contains("not-the-password"), "{err}");
     Ok(())
 }
 
@@ -566,7 +630,7 @@ async fn cluster_mode_groups_keys_by_slot() -> Result<()> {
         cluster: true,
         ca_pem: None,
         username: None,
-        password: None,
+        auth: tidemark::adapters::cache::CacheAuth::None,
     });
     assert_eq!(cache.unlink(&keys).await.map_err(anyhow::Error::msg)?, 200);
     for k in &keys {

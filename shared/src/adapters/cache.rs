@@ -24,10 +24,38 @@ pub struct CacheSettings {
     /// PEM root certificate(s) to trust instead of the system roots (private CAs, tests).
     pub ca_pem: Option<Vec<u8>>,
     pub username: Option<String>,
-    /// Resolved at first connection by the caller (e.g. from a secret), never from a plain
-    /// environment variable.
-    pub password: Option<String>,
+    pub auth: CacheAuth,
 }
+
+/// Where the cache password comes from. Never a plain environment variable.
+#[derive(Debug, Clone)]
+pub enum CacheAuth {
+    None,
+    /// A password given in code (tests, tools).
+    Password(String),
+    /// A Secrets Manager secret, read when a connection is opened (not at init) and read
+    /// again after a failed connection, so a rotated password is picked up. The secret
+    /// string is the password itself or JSON with a `password` field.
+    Secret {
+        client: aws_sdk_secretsmanager::Client,
+        secret_id: String,
+    },
+}
+
+impl PartialEq for CacheAuth {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (CacheAuth::None, CacheAuth::None) => true,
+            (CacheAuth::Password(a), CacheAuth::Password(b)) => a == b,
+            (CacheAuth::Secret { secret_id: a, .. }, CacheAuth::Secret { secret_id: b, .. }) => {
+                a == b
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for CacheAuth {}
 
 enum Conn {
     Single(MultiplexedConnection),
@@ -37,6 +65,8 @@ enum Conn {
 pub struct RedisCache {
     settings: CacheSettings,
     conn: Mutex<Option<Conn>>,
+    /// The secret's password, once read.
+    password: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for RedisCache {
@@ -54,18 +84,68 @@ impl RedisCache {
         Self {
             settings,
             conn: Mutex::new(None),
+            password: Mutex::new(None),
+        }
+    }
+
+    async fn password(&self) -> Result<Option<String>, String> {
+        match &self.settings.auth {
+            CacheAuth::None => Ok(None),
+            CacheAuth::Password(p) => Ok(Some(p.clone())),
+            CacheAuth::Secret { client, secret_id } => {
+                let mut cached = self.password.lock().await;
+                if let Some(p) = cached.as_ref() {
+                    return Ok(Some(p.clone()));
+                }
+                let out = client
+                    .get_secret_value()
+                    .secret_id(secret_id)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "cache secret {secret_id}: {}",
+                            aws_sdk_secretsmanager::error::DisplayErrorContext(e)
+                        )
+                    })?;
+                let text = out
+                    .secret_string()
+                    .ok_or_else(|| format!("cache secret {secret_id} has no string value"))?;
+                let password = match serde_json::from_str::<serde_json::Value>(text) {
+                    Ok(serde_json::Value::Object(m)) => m
+                        .get("password")
+                        .and_then(|p| p.as_str())
+                        .map(str::to_owned)
+                        .ok_or_else(|| {
+                            format!("cache secret {secret_id}: JSON without a `password` field")
+                        })?,
+                    _ => text.to_owned(),
+                };
+                *cached = Some(password.clone());
+                Ok(Some(password))
+            }
         }
     }
 
     async fn connect(&self) -> Result<Conn, String> {
+        let result = self.try_connect().await;
+        if result.is_err() {
+            // Read the secret again next time: it may have been rotated.
+            *self.password.lock().await = None;
+        }
+        result
+    }
+
+    async fn try_connect(&self) -> Result<Conn, String> {
         let s = &self.settings;
+        let password = self.password().await?;
         let mut info = redis::IntoConnectionInfo::into_connection_info(s.url.as_str())
             .map_err(|e| format!("cache url: {e}"))?;
         let mut redis_settings = info.redis_settings().clone();
         if let Some(u) = &s.username {
             redis_settings = redis_settings.set_username(u);
         }
-        if let Some(p) = &s.password {
+        if let Some(p) = &password {
             redis_settings = redis_settings.set_password(p);
         }
         info = info.set_redis_settings(redis_settings);
@@ -78,7 +158,7 @@ impl RedisCache {
             if let Some(u) = &s.username {
                 b = b.username(u.clone());
             }
-            if let Some(p) = &s.password {
+            if let Some(p) = &password {
                 b = b.password(p.clone());
             }
             if s.ca_pem.is_some() {

@@ -136,10 +136,10 @@ impl Invalidator {
     ///
     /// `TIDEMARK_CACHE_URL` (`redis://` or `rediss://` for TLS), `TIDEMARK_CACHE_CLUSTER`,
     /// `TIDEMARK_CACHE_CA_FILE` (optional PEM roots), `TIDEMARK_CACHE_USERNAME`,
-    /// `TIDEMARK_CACHE_PASSWORD_FILE` (a file, e.g. written by a secrets extension — never
-    /// the secret itself in an environment variable), `TIDEMARK_DEAD_LETTER_QUEUE_URL`.
+    /// `TIDEMARK_CACHE_SECRET_ARN` (Secrets Manager secret holding the password — never the
+    /// password itself in an environment variable), `TIDEMARK_DEAD_LETTER_QUEUE_URL`.
     pub async fn from_env() -> Result<Self, crate::settings::SettingsError> {
-        use crate::adapters::cache::{CacheSettings, RedisCache};
+        use crate::adapters::cache::{CacheAuth, CacheSettings, RedisCache};
         use crate::settings::{SettingsError, flag, optional, required};
         let config = crate::settings::config()?;
         let read = |var: &'static str, path: String| {
@@ -151,18 +151,21 @@ impl Invalidator {
         let ca_pem = optional("TIDEMARK_CACHE_CA_FILE")
             .map(|p| read("TIDEMARK_CACHE_CA_FILE", p))
             .transpose()?;
-        let password = optional("TIDEMARK_CACHE_PASSWORD_FILE")
-            .map(|p| read("TIDEMARK_CACHE_PASSWORD_FILE", p))
-            .transpose()?
-            .map(|b| String::from_utf8_lossy(&b).trim().to_owned());
+        let sdk = crate::adapters::aws::sdk_config().await;
+        let auth = match optional("TIDEMARK_CACHE_SECRET_ARN") {
+            Some(secret_id) => CacheAuth::Secret {
+                client: aws_sdk_secretsmanager::Client::new(&sdk),
+                secret_id,
+            },
+            None => CacheAuth::None,
+        };
         let settings = CacheSettings {
             url: required("TIDEMARK_CACHE_URL")?,
             cluster: flag("TIDEMARK_CACHE_CLUSTER", false)?,
             ca_pem,
             username: optional("TIDEMARK_CACHE_USERNAME"),
-            password,
+            auth,
         };
-        let sdk = crate::adapters::aws::sdk_config().await;
         Ok(Self {
             namespace: config.deployment.namespace.clone(),
             cache: Arc::new(RedisCache::new(settings)),

@@ -112,7 +112,7 @@ async fn cache() -> Result<()> {
         cluster: false,
         ca_pem: None,
         username: None,
-        password: None,
+        auth: tidemark::adapters::cache::CacheAuth::None,
     }));
     let client = redis::Client::open(url.as_str())?;
     let mut con = client.get_multiplexed_async_connection().await?;
