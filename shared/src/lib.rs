@@ -11,6 +11,7 @@ pub mod app;
 pub mod config;
 pub mod ddb;
 pub mod invalidation;
+pub mod lambda;
 pub mod logging;
 pub mod message;
 pub mod metrics;

@@ -318,7 +318,7 @@ impl World {
                     let ci = Arc::new(tidemark::app::invalidator::Invalidator {
                         namespace: "Tidemark".into(),
                         cache: Arc::new(RedisCache::new(CacheSettings {
-                            url: redis_url.clone(),
+                            url: gated_url.clone(),
                             cluster: false,
                             ca_pem: None,
                             username: None,
@@ -659,6 +659,16 @@ impl World {
             .await?;
         keys.sort();
         Ok(keys)
+    }
+
+    /// Like [`World::cached_keys`], without this world's prefix.
+    pub async fn cached(&self, region: &str) -> Result<Vec<String>> {
+        Ok(self
+            .cached_keys(region)
+            .await?
+            .into_iter()
+            .map(|k| k.trim_start_matches(&self.key_prefix).to_owned())
+            .collect())
     }
 
     pub async fn set_cached(&self, region: &str, key: &str, value: &str) -> Result<()> {

@@ -41,7 +41,7 @@ fn key_value(kind: KeyType, text: &str) -> AttributeValue {
 
 impl Canary {
     /// One tick. Errors are collected so one broken source does not hide the others.
-    pub async fn tick(&self) -> Result<(), String> {
+    pub async fn run_tick(&self) -> Result<(), String> {
         let mut metrics = Metrics::new(&self.config.deployment.namespace);
         let mut errors = Vec::new();
         for t in self.config.tables.iter().filter(|t| t.canary.enabled) {
@@ -194,12 +194,16 @@ impl Canary {
     }
 }
 
+impl crate::lambda::ScheduledHandler for Canary {
+    fn tick(&self) -> impl std::future::Future<Output = Result<(), String>> + Send {
+        self.run_tick()
+    }
+}
+
 impl Canary {
     /// Init: configuration and clients, no network calls.
     pub async fn from_env() -> Result<Self, crate::settings::SettingsError> {
-        let config = crate::settings::config()?;
-        let region = crate::settings::region()?;
-        let sdk = crate::adapters::aws::sdk_config().await;
+        let (config, region, sdk) = super::base_from_env().await?;
         Ok(Self {
             config,
             region,

@@ -173,3 +173,12 @@ impl Invalidator {
         })
     }
 }
+
+impl crate::lambda::BatchHandler for Invalidator {
+    fn handle_batch(
+        &self,
+        event: &str,
+    ) -> impl std::future::Future<Output = Result<Vec<String>, String>> + Send {
+        self.handle(event)
+    }
+}

@@ -27,6 +27,14 @@ impl std::fmt::Debug for Ports {
 use crate::adapters::{aws, dead_letter, sns};
 use crate::settings::{self, SettingsError};
 
+/// What every function reads at init: the configuration, its region, the SDK settings.
+pub async fn base_from_env()
+-> Result<(crate::config::Config, String, aws_config::SdkConfig), SettingsError> {
+    let config = settings::config()?;
+    let region = settings::region()?;
+    Ok((config, region, aws::sdk_config().await))
+}
+
 /// Builds the publisher and an S3 dead-letter store from the environment:
 /// `TIDEMARK_INVALIDATION_TOPIC_ARN`, `TIDEMARK_DEAD_LETTER_BUCKET`.
 pub async fn stream_ports(sdk: &aws_config::SdkConfig) -> Result<Ports, SettingsError> {

@@ -103,13 +103,20 @@ impl ObjectProcessor {
 impl ObjectProcessor {
     /// Init: configuration and clients, no network calls.
     pub async fn from_env() -> Result<Self, crate::settings::SettingsError> {
-        let config = crate::settings::config()?;
-        let region = crate::settings::region()?;
-        let sdk = crate::adapters::aws::sdk_config().await;
+        let (config, region, sdk) = super::base_from_env().await?;
         Ok(Self {
             config,
             region,
             ports: super::queue_ports(&sdk).await?,
         })
+    }
+}
+
+impl crate::lambda::BatchHandler for ObjectProcessor {
+    fn handle_batch(
+        &self,
+        event: &str,
+    ) -> impl std::future::Future<Output = Result<Vec<String>, String>> + Send {
+        self.handle(event)
     }
 }

@@ -102,13 +102,20 @@ fn first_table(raws: &[&serde_json::value::RawValue]) -> Option<String> {
 impl StreamProcessor {
     /// Init: configuration and clients, no network calls.
     pub async fn from_env() -> Result<Self, crate::settings::SettingsError> {
-        let config = crate::settings::config()?;
-        let region = crate::settings::region()?;
-        let sdk = crate::adapters::aws::sdk_config().await;
+        let (config, region, sdk) = super::base_from_env().await?;
         Ok(Self {
             config,
             region,
             ports: super::stream_ports(&sdk).await?,
         })
+    }
+}
+
+impl crate::lambda::BatchHandler for StreamProcessor {
+    fn handle_batch(
+        &self,
+        event: &str,
+    ) -> impl std::future::Future<Output = Result<Vec<String>, String>> + Send {
+        self.handle(event)
     }
 }
