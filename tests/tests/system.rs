@@ -808,3 +808,91 @@ async fn delayed_second_delete_removes_a_late_refill() -> Result<()> {
     );
     Ok(())
 }
+
+// ------------------------------------------------------------------ replication canary
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn canary_heartbeats_replicate_and_report_their_age() -> Result<()> {
+    use tidemark_tests::runtime::{BinaryFunction, Invoke, InvokeResult};
+    let mut w = World::start(Options::default()).await?;
+    let mut canaries = Vec::new();
+    for region in ["us-east-1", "eu-west-1"] {
+        let env: Vec<(String, String)> = [
+            ("AWS_ENDPOINT_URL", w.proxy.url.as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("TIDEMARK_S3_FORCE_PATH_STYLE", "true"),
+            ("TIDEMARK_CONFIG_PATH", &w.config_path.display().to_string()),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        canaries.push(
+            BinaryFunction::start(
+                "replication-canary",
+                &format!("canary-{region}"),
+                region,
+                &env,
+            )
+            .await?,
+        );
+    }
+    for c in &canaries {
+        assert_eq!(
+            c.invoke("{}".into()).await?,
+            InvokeResult::Ok(json!({"ok": true}))
+        );
+    }
+    w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
+        .await?;
+    for c in &canaries {
+        assert_eq!(
+            c.invoke("{}".into()).await?,
+            InvokeResult::Ok(json!({"ok": true}))
+        );
+    }
+    // Each region now reads the peer's table and bucket heartbeats from its own replicas.
+    for (c, (dest, src)) in canaries
+        .iter()
+        .zip([("us-east-1", "eu-west-1"), ("eu-west-1", "us-east-1")])
+    {
+        let docs = c.emf();
+        let found: Vec<(String, f64)> = docs
+            .iter()
+            .filter(|d| {
+                d.get("HeartbeatAge").is_some()
+                    && d["SourceRegion"] == src
+                    && d["DestinationRegion"] == dest
+            })
+            .map(|d| {
+                (
+                    d["Source"].as_str().unwrap_or("").to_owned(),
+                    d["HeartbeatAge"].as_f64().unwrap_or(-1.0),
+                )
+            })
+            .collect();
+        let sources: BTreeSet<&str> = found.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(
+            sources,
+            set(&[w.table.as_str(), "assets"])
+                .iter()
+                .map(String::as_str)
+                .collect(),
+            "{dest}: {docs:?}"
+        );
+        assert!(
+            found.iter().all(|(_, age)| (0.0..60.0).contains(age)),
+            "{found:?}"
+        );
+    }
+    // Heartbeats are measured, never announced as invalidations.
+    for region in ["us-east-1", "eu-west-1"] {
+        let k = keys(&announced(&w, region).await?, &w.key_prefix);
+        assert!(
+            k.iter().all(|k| !k.contains("tidemark-heartbeat")),
+            "{region}: {k:?}"
+        );
+    }
+    Ok(())
+}
