@@ -251,7 +251,7 @@ pub struct Rule {
 }
 
 /// Placeholders an object template may use.
-pub const OBJECT_PLACEHOLDERS: &[&str] = &["key", "dir", "file"];
+pub const OBJECT_PLACEHOLDERS: &[&str] = &["key", "dir", "file", "version"];
 
 impl Bucket {
     /// The bucket's name in `region`.

@@ -360,10 +360,15 @@ pub fn table_keys(table: &Table, record: &StreamRecord<'_>, mut emit: impl FnMut
     keys.into_iter().for_each(&mut emit);
 }
 
-/// Cache keys of one object change (`{key}`, `{dir}`, `{file}`).
-pub fn object_keys(bucket: &Bucket, key: &str, mut emit: impl FnMut(String)) {
+/// Cache keys of one object change (`{key}`, `{dir}`, `{file}`, `{version}`).
+pub fn object_keys(
+    bucket: &Bucket,
+    key: &str,
+    version: Option<&str>,
+    mut emit: impl FnMut(String),
+) {
     for t in &bucket.cache_keys {
-        if let Some(k) = t.render(|name| object_placeholder(key, name)) {
+        if let Some(k) = t.render(|name| object_placeholder(key, version, name)) {
             emit(k);
         }
     }
@@ -484,7 +489,9 @@ impl<'c> Stage<ObjectEvent<'c>> for InvalidationStage<'_> {
                 replicated: b.replicated,
             };
             let co = &mut self.coalescer;
-            object_keys(b, &c.key, |k| co.add(&group, k, index, c.event_time_ms));
+            object_keys(b, &c.key, c.version_id.as_deref(), |k| {
+                co.add(&group, k, index, c.event_time_ms)
+            });
         }
         Ok(())
     }

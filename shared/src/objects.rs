@@ -311,14 +311,20 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
     u64::try_from(ms).ok()
 }
 
-/// `Cow` helper for templates: `dir` is the key up to its last `/` (empty at the root),
-/// `file` what follows it.
-pub fn object_placeholder<'k>(key: &'k str, name: &str) -> Option<Cow<'k, str>> {
+/// Template values of an object: `key`; `dir`, the key up to its last `/` (empty at the
+/// root); `file`, what follows it; `version`, the version id (no key when the event has
+/// none, e.g. an unversioned bucket).
+pub fn object_placeholder<'k>(
+    key: &'k str,
+    version: Option<&'k str>,
+    name: &str,
+) -> Option<Cow<'k, str>> {
     let (dir, file) = key.rsplit_once('/').unwrap_or(("", key));
     match name {
         "key" => Some(Cow::Borrowed(key)),
         "dir" => Some(Cow::Borrowed(dir)),
         "file" => Some(Cow::Borrowed(file)),
+        "version" => version.map(Cow::Borrowed),
         _ => None,
     }
 }
@@ -397,8 +403,16 @@ mod tests {
 
     #[test]
     fn placeholders_split_keys() {
-        assert_eq!(object_placeholder("a/b/c.txt", "dir").unwrap(), "a/b");
-        assert_eq!(object_placeholder("c.txt", "dir").unwrap(), "");
-        assert_eq!(object_placeholder("a/b/c.txt", "file").unwrap(), "c.txt");
+        assert_eq!(object_placeholder("a/b/c.txt", None, "dir").unwrap(), "a/b");
+        assert_eq!(object_placeholder("c.txt", None, "dir").unwrap(), "");
+        assert_eq!(
+            object_placeholder("a/b/c.txt", None, "file").unwrap(),
+            "c.txt"
+        );
+        assert_eq!(
+            object_placeholder("a", Some("v1"), "version").unwrap(),
+            "v1"
+        );
+        assert_eq!(object_placeholder("a", None, "version"), None);
     }
 }

@@ -67,11 +67,10 @@ fn s3_samples_decode_keys_by_shape() {
     assert_eq!(eb[0].key, "images/red flower+1.jpg");
     assert_eq!(n[0].key, eb[0].key);
     let mut keys = Vec::new();
-    object_keys(
-        cfg.bucket_by_name("us-east-1", &eb[0].bucket).unwrap(),
-        &eb[0].key,
-        |k| keys.push(k),
-    );
+    let bucket = cfg.bucket_by_name("us-east-1", &eb[0].bucket).unwrap();
+    object_keys(bucket, &eb[0].key, eb[0].version_id.as_deref(), |k| {
+        keys.push(k)
+    });
     assert_eq!(keys, ["asset:images/red flower+1.jpg", "asset-dir:images"]);
     let ObjectMessage::Changes(r) =
         ObjectMessage::decode(&sample("s3-notification-replication.json")).unwrap()
