@@ -52,6 +52,8 @@ pub struct Options {
     pub naive_wiring: bool,
     /// Delivery delay (s) of a second subscription for the delayed second delete.
     pub second_delete_delay: Option<u32>,
+    /// Shape of the object events the harness delivers.
+    pub object_events: Shape,
 }
 
 impl Default for Options {
@@ -70,6 +72,7 @@ impl Default for Options {
             table_replicated: true,
             naive_wiring: false,
             second_delete_delay: None,
+            object_events: Shape::EventBridge,
         }
     }
 }
@@ -397,7 +400,7 @@ impl World {
                 clients.clone(),
                 &bucket,
                 &object_queue_url,
-                Shape::EventBridge,
+                options.object_events,
             );
             regions.push(RegionWorld {
                 name: r.to_owned(),
