@@ -71,6 +71,31 @@ async fn write_replicates_and_reaches_both_stream_processors() -> Result<()> {
                 .all(|m| m.origin_region == "us-east-1" && m.replicated)
         );
     }
+    if w.options.mode == tidemark_tests::world::Mode::Binary {
+        // The binaries print EMF documents of the catalog on stdout.
+        for region in ["us-east-1", "eu-west-1"] {
+            let docs = w.emf(region, "stream-processor");
+            let processed: f64 = docs
+                .iter()
+                .filter_map(|d| d.get("RecordsProcessed")?.as_f64())
+                .sum();
+            assert!(processed >= 1.0, "{region}: {docs:?}");
+            for d in &docs {
+                let directive = &d["_aws"]["CloudWatchMetrics"][0];
+                assert_eq!(directive["Namespace"], "Tidemark");
+                for m in directive["Metrics"].as_array().unwrap() {
+                    let name = m["Name"].as_str().unwrap();
+                    let spec = tidemark::metrics::CATALOG
+                        .iter()
+                        .find(|s| s.name == name)
+                        .unwrap();
+                    let dims: Vec<&str> = spec.dimensions.iter().map(|d| d.name()).collect();
+                    assert_eq!(directive["Dimensions"][0], json!(dims), "{name}");
+                    assert!(d.get(name).is_some() && dims.iter().all(|dim| d.get(*dim).is_some()));
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -151,6 +176,15 @@ async fn poison_record_is_dead_lettered_and_neighbours_are_processed() -> Result
         got.contains("user:before") && got.contains("user:after"),
         "{got:?}"
     );
+    // Logs name records by id and reason, never by content.
+    for b in &w.region("us-east-1").binaries {
+        for line in b.logs() {
+            assert!(
+                !line.contains("@example.com") && !line.contains("NewImage"),
+                "content in a log line: {line}"
+            );
+        }
+    }
     Ok(())
 }
 
