@@ -584,6 +584,13 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
                 format!("attribute `{attr}` is not declared"),
             );
         }
+        if t.canary.enabled && t.partition_key.kind != KeyType::S {
+            c.fail(
+                &loc,
+                "canary.enabled",
+                "heartbeat items need a string partition key (`<heartbeat_prefix>#<region>`)",
+            );
+        }
         let cache_keys = c.templates(&loc, &t.cache_keys, &declared);
         let residency = c.rules(&loc, t.residency, &deployed, Some(&declared));
         tables.push(Table {
@@ -754,6 +761,19 @@ cache_keys = ["asset:{key}"]
         let e = err(&BASE.replace("allowed_regions = [\"eu-west-1\"]", "allowed_regions = []"));
         assert_eq!(e.field, "allowed_regions");
         assert!(e.message.contains("at least one region"));
+    }
+
+    #[test]
+    fn canary_needs_a_string_partition_key() {
+        let text = BASE.replace(
+            "type = \"S\" }",
+            "type = \"N\" }\ncanary = { enabled = true }",
+        );
+        let e = err(&text);
+        assert_eq!(
+            (e.location.as_str(), e.field.as_str()),
+            ("table \"users\", ", "canary.enabled")
+        );
     }
 
     #[test]
