@@ -41,8 +41,15 @@ impl StreamProcessor {
                         id: StreamRecord::salvage_id(raw),
                         reason: e.0,
                     },
-                    Ok(record) => {
+                    Ok(mut record) => {
                         let id = record.sequence_number.to_string();
+                        // Another table than the batch's (a misconfigured mapping): decode in
+                        // full, since `wanted` was chosen for the batch's table.
+                        if record.table.as_deref() != Some(source.as_str())
+                            && let Ok(full) = StreamRecord::decode(raw)
+                        {
+                            record = full;
+                        }
                         let Some(name) = record.table.as_deref() else {
                             return Decoded::Reject {
                                 id: Some(id),
