@@ -39,7 +39,7 @@ up() {
     command -v moto_server >/dev/null || die "moto_server missing: run scripts/setup.sh"
     moto_server -H 127.0.0.1 -p "$port" >"$STATE/moto.log" 2>&1 &
     echo $! >"$STATE/moto.pid"; echo "$port" >"$STATE/moto.port"
-    wait_for moto curl -sf "http://127.0.0.1:$port/moto-api/"
+    wait_for moto python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=1)"
   fi
   for r in "${REGIONS[@]}"; do
     if ! alive "$STATE/redis-$r.pid"; then
