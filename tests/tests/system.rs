@@ -635,6 +635,59 @@ async fn cache_password_comes_from_secrets_manager() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the emulators: run scripts/test.sh"]
+async fn iam_auth_sends_the_user_and_a_fresh_token() -> Result<()> {
+    use tidemark::adapters::cache::{CacheAuth, CacheSettings, RedisCache};
+    use tidemark::adapters::iam_auth::IamTarget;
+    use tidemark::ports::Cache;
+    let url = env("TIDEMARK_REDIS_AUTH_URL");
+    let password = std::fs::read_to_string(env("TIDEMARK_REDIS_AUTH_PASSWORD_FILE"))?
+        .trim()
+        .to_owned();
+    let key = vec![format!("iam-{}-{}", std::process::id(), tidemark::now_ms())];
+    fill(
+        &url.replace("redis://", &format!("redis://:{password}@")),
+        None,
+        &key,
+    )
+    .await?;
+    let creds = aws_credential_types::Credentials::new("AKIDEXAMPLE", "secret", None, None, "test");
+    let iam = |user: &str| CacheSettings {
+        url: url.clone(),
+        cluster: false,
+        ca_pem: None,
+        username: None,
+        auth: CacheAuth::Iam {
+            target: IamTarget {
+                cache_name: "sessions".into(),
+                user_id: user.into(),
+                region: "us-east-1".into(),
+                serverless: false,
+            },
+            credentials: aws_credential_types::provider::SharedCredentialsProvider::new(
+                creds.clone(),
+            ),
+        },
+    };
+    // The server's IAM-style user accepts the AUTH <user> <token> the adapter sends…
+    assert_eq!(
+        RedisCache::new(iam("tidemark-iam"))
+            .unlink(&key)
+            .await
+            .map_err(anyhow::Error::msg)?,
+        1
+    );
+    // …an unknown user is refused, and so is a connection without AUTH.
+    assert!(RedisCache::new(iam("nobody")).unlink(&key).await.is_err());
+    let none = CacheSettings {
+        auth: CacheAuth::None,
+        ..iam("x")
+    };
+    assert!(RedisCache::new(none).unlink(&key).await.is_err());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
 async fn cluster_mode_groups_keys_by_slot() -> Result<()> {
     use tidemark::adapters::cache::{CacheSettings, RedisCache, group_by_slot};
     use tidemark::ports::Cache;

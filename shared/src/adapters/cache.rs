@@ -40,6 +40,12 @@ pub enum CacheAuth {
         client: aws_sdk_secretsmanager::Client,
         secret_id: String,
     },
+    /// ElastiCache IAM auth: a fresh presigned token for every new connection, signed
+    /// with the function's credentials; the user is the target's user id.
+    Iam {
+        target: crate::adapters::iam_auth::IamTarget,
+        credentials: aws_credential_types::provider::SharedCredentialsProvider,
+    },
 }
 
 impl PartialEq for CacheAuth {
@@ -50,6 +56,7 @@ impl PartialEq for CacheAuth {
             (CacheAuth::Secret { secret_id: a, .. }, CacheAuth::Secret { secret_id: b, .. }) => {
                 a == b
             }
+            (CacheAuth::Iam { target: a, .. }, CacheAuth::Iam { target: b, .. }) => a == b,
             _ => false,
         }
     }
@@ -92,6 +99,18 @@ impl RedisCache {
         match &self.settings.auth {
             CacheAuth::None => Ok(None),
             CacheAuth::Password(p) => Ok(Some(p.clone())),
+            CacheAuth::Iam {
+                target,
+                credentials,
+            } => {
+                use aws_credential_types::provider::ProvideCredentials;
+                let creds = credentials
+                    .provide_credentials()
+                    .await
+                    .map_err(|e| format!("cache IAM credentials: {e}"))?;
+                crate::adapters::iam_auth::token(target, &creds, std::time::SystemTime::now())
+                    .map(Some)
+            }
             CacheAuth::Secret { client, secret_id } => {
                 let mut cached = self.password.lock().await;
                 if let Some(p) = cached.as_ref() {
@@ -139,10 +158,14 @@ impl RedisCache {
     async fn try_connect(&self) -> Result<Conn, String> {
         let s = &self.settings;
         let password = self.password().await?;
+        let username = match &s.auth {
+            CacheAuth::Iam { target, .. } => Some(target.user_id.clone()),
+            _ => s.username.clone(),
+        };
         let mut info = redis::IntoConnectionInfo::into_connection_info(s.url.as_str())
             .map_err(|e| format!("cache url: {e}"))?;
         let mut redis_settings = info.redis_settings().clone();
-        if let Some(u) = &s.username {
+        if let Some(u) = &username {
             redis_settings = redis_settings.set_username(u);
         }
         if let Some(p) = &password {
@@ -155,7 +178,7 @@ impl RedisCache {
         };
         if s.cluster {
             let mut b = redis::cluster::ClusterClientBuilder::new(vec![info.clone()]);
-            if let Some(u) = &s.username {
+            if let Some(u) = &username {
                 b = b.username(u.clone());
             }
             if let Some(p) = &password {

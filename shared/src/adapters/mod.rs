@@ -3,4 +3,5 @@
 pub mod aws;
 pub mod cache;
 pub mod dead_letter;
+pub mod iam_auth;
 pub mod sns;

@@ -137,7 +137,9 @@ impl Invalidator {
     /// `TIDEMARK_CACHE_URL` (`redis://` or `rediss://` for TLS), `TIDEMARK_CACHE_CLUSTER`,
     /// `TIDEMARK_CACHE_CA_FILE` (optional PEM roots), `TIDEMARK_CACHE_USERNAME`,
     /// `TIDEMARK_CACHE_SECRET_ARN` (Secrets Manager secret holding the password — never the
-    /// password itself in an environment variable), `TIDEMARK_DEAD_LETTER_QUEUE_URL`.
+    /// password itself in an environment variable) or `TIDEMARK_CACHE_IAM_USER` with
+    /// `TIDEMARK_CACHE_NAME` and `TIDEMARK_CACHE_SERVERLESS` (ElastiCache IAM auth tokens),
+    /// `TIDEMARK_DEAD_LETTER_QUEUE_URL`.
     pub async fn from_env() -> Result<Self, crate::settings::SettingsError> {
         use crate::adapters::cache::{CacheAuth, CacheSettings, RedisCache};
         use crate::settings::{SettingsError, flag, optional, required};
@@ -152,12 +154,36 @@ impl Invalidator {
             .map(|p| read("TIDEMARK_CACHE_CA_FILE", p))
             .transpose()?;
         let sdk = crate::adapters::aws::sdk_config().await;
-        let auth = match optional("TIDEMARK_CACHE_SECRET_ARN") {
-            Some(secret_id) => CacheAuth::Secret {
+        let auth = match (
+            optional("TIDEMARK_CACHE_IAM_USER"),
+            optional("TIDEMARK_CACHE_SECRET_ARN"),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(SettingsError::Invalid {
+                    var: "TIDEMARK_CACHE_IAM_USER",
+                    message: "set either it or TIDEMARK_CACHE_SECRET_ARN, not both".into(),
+                });
+            }
+            (Some(user_id), None) => {
+                let credentials = sdk.credentials_provider().ok_or(SettingsError::Invalid {
+                    var: "TIDEMARK_CACHE_IAM_USER",
+                    message: "IAM auth needs AWS credentials and none are configured".into(),
+                })?;
+                CacheAuth::Iam {
+                    target: crate::adapters::iam_auth::IamTarget {
+                        cache_name: required("TIDEMARK_CACHE_NAME")?,
+                        user_id,
+                        region: crate::settings::region()?,
+                        serverless: flag("TIDEMARK_CACHE_SERVERLESS", false)?,
+                    },
+                    credentials,
+                }
+            }
+            (None, Some(secret_id)) => CacheAuth::Secret {
                 client: aws_sdk_secretsmanager::Client::new(&sdk),
                 secret_id,
             },
-            None => CacheAuth::None,
+            (None, None) => CacheAuth::None,
         };
         let settings = CacheSettings {
             url: required("TIDEMARK_CACHE_URL")?,
