@@ -997,3 +997,59 @@ async fn canary_heartbeats_replicate_and_report_their_age() -> Result<()> {
     }
     Ok(())
 }
+
+// ------------------------------------------------------------------ init failures
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn bad_configuration_fails_init_naming_the_field() -> Result<()> {
+    use tidemark_tests::runtime::{BinaryFunction, Invoke};
+    let dir = std::env::temp_dir().join(format!("tidemark-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let bad = dir.join("tidemark.toml");
+    let text = tidemark::config::EMBEDDED.replacen(
+        "allowed_regions = [\"eu-west-1\"]",
+        "allowed_regions = [\"eu-west-9\"]",
+        1,
+    );
+    std::fs::write(&bad, text)?;
+    let cases = [
+        (
+            vec![("TIDEMARK_CONFIG_PATH", bad.display().to_string())],
+            "rule \"eu-residents\", field `allowed_regions`: unknown region `eu-west-9`",
+        ),
+        (
+            vec![("TIDEMARK_DEAD_LETTER_BUCKET", "b".to_owned())],
+            "environment variable TIDEMARK_INVALIDATION_TOPIC_ARN is required",
+        ),
+    ];
+    for (i, (extra, want)) in cases.into_iter().enumerate() {
+        let env: Vec<(String, String)> =
+            extra.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let f = BinaryFunction::start(
+            "stream-processor",
+            &format!("bad-init-{i}"),
+            "us-east-1",
+            &env,
+        )
+        .await?;
+        let err = f
+            .invoke(r#"{"Records":[]}"#.into())
+            .await
+            .expect_err("init must fail");
+        let logs = f.logs().join("\n");
+        assert!(err.to_string().contains("bootstrap exited"), "{err}");
+        // One structured JSON line at ERROR level whose error names the setting or field.
+        let named = logs
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| {
+                v["level"] == "ERROR" && v["error"].as_str().is_some_and(|e| e.contains(want))
+            });
+        assert!(
+            named,
+            "want `{want}` in a JSON ERROR line of the init log:\n{logs}"
+        );
+    }
+    Ok(())
+}
