@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use tidemark::app::Ports;
 use tidemark::app::stream::StreamProcessor;
 use tidemark::config::Config;
+use tidemark::lambda::BatchHandler;
 use tidemark::ports::{DeadLetter, DeadLetterEntry, Outbound, Publish};
 
 struct NullPublisher;

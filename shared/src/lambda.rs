@@ -52,8 +52,7 @@ fn response(trigger: Trigger, failed: Vec<String>) -> serde_json::Value {
 /// A function that handles one batch (raw event text) and returns the ids of the records
 /// to report as failures, or an error that fails the whole invocation.
 pub trait BatchHandler: Sync {
-    fn handle_batch(&self, event: &str)
-    -> impl Future<Output = Result<Vec<String>, String>> + Send;
+    fn handle(&self, event: &str) -> impl Future<Output = Result<Vec<String>, String>> + Send;
 }
 
 /// Logging, then `init` (settings and clients; no network calls), then the runtime loop.
@@ -73,7 +72,7 @@ where
     let handler = &handler;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<Box<RawValue>>| async move {
-            let failed = handler.handle_batch(event.payload.get()).await?;
+            let failed = handler.handle(event.payload.get()).await?;
             Ok::<_, Error>(response(trigger, failed))
         },
     ))

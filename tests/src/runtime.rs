@@ -360,32 +360,29 @@ async fn serve_connection(sock: tokio::net::TcpStream, s: Arc<Shared>, arn: Stri
 }
 
 /// A handler called in-process (fast tests); same contract as a binary.
-pub struct InProcess<F> {
+pub struct InProcess<H> {
     name: String,
-    handler: F,
+    handler: Arc<H>,
 }
 
-impl<F> InProcess<F> {
-    pub fn new(name: &str, handler: F) -> Self {
+impl<H> InProcess<H> {
+    pub fn new(name: &str, handler: H) -> Self {
         Self {
             name: name.to_owned(),
-            handler,
+            handler: Arc::new(handler),
         }
     }
 }
 
-impl<F> Invoke for InProcess<F>
-where
-    F: Fn(String) -> BoxFuture<'static, Result<Vec<String>, String>> + Send + Sync,
-{
+impl<H: tidemark::lambda::BatchHandler + Send + 'static> Invoke for InProcess<H> {
     fn name(&self) -> &str {
         &self.name
     }
 
     fn invoke(&self, payload: String) -> BoxFuture<'_, Result<InvokeResult>> {
-        let fut = (self.handler)(payload);
+        let handler = self.handler.clone();
         Box::pin(async move {
-            Ok(match fut.await {
+            Ok(match handler.handle(&payload).await {
                 Ok(ids) => InvokeResult::Ok(serde_json::json!({
                     "batchItemFailures": ids.into_iter().map(|i| serde_json::json!({"itemIdentifier": i})).collect::<Vec<_>>()
                 })),

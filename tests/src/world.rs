@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use futures::future::BoxFuture;
 use serde_json::json;
 
 use tidemark::adapters::cache::{CacheSettings, RedisCache};
@@ -299,15 +298,15 @@ impl World {
                     let s3_dl = S3DeadLetter::new(clients.s3.clone(), dead_letter_bucket.clone());
                     let publisher =
                         Arc::new(SnsPublisher::new(clients.sns.clone(), topic_arn.clone()));
-                    let sp = Arc::new(tidemark::app::stream::StreamProcessor {
+                    let sp = tidemark::app::stream::StreamProcessor {
                         config: config.clone(),
                         region: r.to_owned(),
                         ports: Ports {
                             publisher: publisher.clone(),
                             dead_letter: Arc::new(s3_dl),
                         },
-                    });
-                    let op = Arc::new(tidemark::app::object::ObjectProcessor {
+                    };
+                    let op = tidemark::app::object::ObjectProcessor {
                         config: config.clone(),
                         region: r.to_owned(),
                         ports: Ports {
@@ -317,8 +316,8 @@ impl World {
                                 object_dlq_url.clone(),
                             )),
                         },
-                    });
-                    let ci = Arc::new(tidemark::app::invalidator::Invalidator {
+                    };
+                    let ci = tidemark::app::invalidator::Invalidator {
                         namespace: "Tidemark".into(),
                         cache: Arc::new(RedisCache::new(CacheSettings {
                             url: gated_url.clone(),
@@ -331,29 +330,11 @@ impl World {
                             clients.sqs.clone(),
                             queue_dlq_url.clone(),
                         )),
-                    });
+                    };
                     (
-                        Arc::new(InProcess::new(
-                            "stream-processor",
-                            move |p: String| -> BoxFuture<'static, Result<Vec<String>, String>> {
-                                let sp = sp.clone();
-                                Box::pin(async move { sp.handle(&p).await })
-                            },
-                        )),
-                        Arc::new(InProcess::new(
-                            "object-processor",
-                            move |p: String| -> BoxFuture<'static, Result<Vec<String>, String>> {
-                                let op = op.clone();
-                                Box::pin(async move { op.handle(&p).await })
-                            },
-                        )),
-                        Arc::new(InProcess::new(
-                            "cache-invalidator",
-                            move |p: String| -> BoxFuture<'static, Result<Vec<String>, String>> {
-                                let ci = ci.clone();
-                                Box::pin(async move { ci.handle(&p).await })
-                            },
-                        )),
+                        Arc::new(InProcess::new("stream-processor", sp)),
+                        Arc::new(InProcess::new("object-processor", op)),
+                        Arc::new(InProcess::new("cache-invalidator", ci)),
                     )
                 }
             };

@@ -507,6 +507,21 @@ async fn replicated_sources_stay_in_region_and_regional_ones_cross() -> Result<(
 
 // ------------------------------------------------------------------ cache adapter: TLS, cluster, outage
 
+/// A single-node cache at `url` with `auth` (no private CA unless given).
+fn cache_settings(
+    url: &str,
+    ca_pem: Option<Vec<u8>>,
+    auth: tidemark::adapters::cache::CacheAuth,
+) -> tidemark::adapters::cache::CacheSettings {
+    tidemark::adapters::cache::CacheSettings {
+        url: url.to_owned(),
+        cluster: false,
+        ca_pem,
+        username: None,
+        auth,
+    }
+}
+
 fn env(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run scripts/test.sh"))
 }
@@ -536,7 +551,7 @@ async fn fill(url: &str, ca: Option<&str>, keys: &[String]) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the emulators: run scripts/test.sh"]
 async fn cache_unlinks_over_tls_with_a_private_ca() -> Result<()> {
-    use tidemark::adapters::cache::{CacheSettings, RedisCache};
+    use tidemark::adapters::cache::{CacheAuth, RedisCache};
     use tidemark::ports::Cache;
     let url = env("TIDEMARK_REDIS_TLS_URL");
     let ca = env("TIDEMARK_REDIS_TLS_CA");
@@ -544,13 +559,11 @@ async fn cache_unlinks_over_tls_with_a_private_ca() -> Result<()> {
         .map(|i| format!("tls-{}:{i}", std::process::id()))
         .collect();
     fill(&url, Some(&ca), &keys).await?;
-    let cache = RedisCache::new(CacheSettings {
-        url: url.clone(),
-        cluster: false,
-        ca_pem: Some(std::fs::read(&ca)?),
-        username: None,
-        auth: tidemark::adapters::cache::CacheAuth::None,
-    });
+    let cache = RedisCache::new(cache_settings(
+        &url,
+        Some(std::fs::read(&ca)?),
+        CacheAuth::None,
+    ));
     assert_eq!(cache.unlink(&keys).await.map_err(anyhow::Error::msg)?, 50);
     assert_eq!(
         cache.unlink(&keys).await.map_err(anyhow::Error::msg)?,
@@ -558,13 +571,7 @@ async fn cache_unlinks_over_tls_with_a_private_ca() -> Result<()> {
         "idempotent"
     );
     // Without the private CA the server is not trusted: the call fails, it does not hang.
-    let untrusted = RedisCache::new(CacheSettings {
-        url,
-        cluster: false,
-        ca_pem: None,
-        username: None,
-        auth: tidemark::adapters::cache::CacheAuth::None,
-    });
+    let untrusted = RedisCache::new(cache_settings(&url, None, CacheAuth::None));
     assert!(untrusted.unlink(&keys).await.is_err());
     Ok(())
 }
@@ -572,7 +579,7 @@ async fn cache_unlinks_over_tls_with_a_private_ca() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the emulators: run scripts/test.sh"]
 async fn cache_password_comes_from_secrets_manager() -> Result<()> {
-    use tidemark::adapters::cache::{CacheAuth, CacheSettings, RedisCache};
+    use tidemark::adapters::cache::{CacheAuth, RedisCache};
     use tidemark::ports::Cache;
     let url = env("TIDEMARK_REDIS_AUTH_URL");
     let password = std::fs::read_to_string(env("TIDEMARK_REDIS_AUTH_PASSWORD_FILE"))?
@@ -601,15 +608,12 @@ async fn cache_password_comes_from_secrets_manager() -> Result<()> {
         &key,
     )
     .await?;
-    let settings = |secret_id: &str| CacheSettings {
-        url: url.clone(),
-        cluster: false,
-        ca_pem: None,
-        username: None,
-        auth: CacheAuth::Secret {
+    let settings = |secret_id: &str| {
+        let auth = CacheAuth::Secret {
             client: sm.clone(),
             secret_id: secret_id.to_owned(),
-        },
+        };
+        cache_settings(&url, None, auth)
     };
     assert_eq!(
         RedisCache::new(settings(&arn))
@@ -636,7 +640,7 @@ async fn cache_password_comes_from_secrets_manager() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the emulators: run scripts/test.sh"]
 async fn iam_auth_sends_the_user_and_a_fresh_token() -> Result<()> {
-    use tidemark::adapters::cache::{CacheAuth, CacheSettings, RedisCache};
+    use tidemark::adapters::cache::{CacheAuth, RedisCache};
     use tidemark::adapters::iam_auth::IamTarget;
     use tidemark::ports::Cache;
     let url = env("TIDEMARK_REDIS_AUTH_URL");
@@ -651,12 +655,8 @@ async fn iam_auth_sends_the_user_and_a_fresh_token() -> Result<()> {
     )
     .await?;
     let creds = aws_credential_types::Credentials::new("AKIDEXAMPLE", "secret", None, None, "test");
-    let iam = |user: &str| CacheSettings {
-        url: url.clone(),
-        cluster: false,
-        ca_pem: None,
-        username: None,
-        auth: CacheAuth::Iam {
+    let iam = |user: &str| {
+        let auth = CacheAuth::Iam {
             target: IamTarget {
                 cache_name: "sessions".into(),
                 user_id: user.into(),
@@ -666,7 +666,8 @@ async fn iam_auth_sends_the_user_and_a_fresh_token() -> Result<()> {
             credentials: aws_credential_types::provider::SharedCredentialsProvider::new(
                 creds.clone(),
             ),
-        },
+        };
+        cache_settings(&url, None, auth)
     };
     // The server's IAM-style user accepts the AUTH <user> <token> the adapter sends…
     assert_eq!(
@@ -678,10 +679,7 @@ async fn iam_auth_sends_the_user_and_a_fresh_token() -> Result<()> {
     );
     // …an unknown user is refused, and so is a connection without AUTH.
     assert!(RedisCache::new(iam("nobody")).unlink(&key).await.is_err());
-    let none = CacheSettings {
-        auth: CacheAuth::None,
-        ..iam("x")
-    };
+    let none = cache_settings(&url, None, CacheAuth::None);
     assert!(RedisCache::new(none).unlink(&key).await.is_err());
     Ok(())
 }

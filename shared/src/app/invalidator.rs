@@ -84,8 +84,8 @@ impl Stage<Invalidation> for CacheStage<'_> {
     }
 }
 
-impl Invalidator {
-    pub async fn handle(&self, event: &str) -> Result<Vec<String>, String> {
+impl crate::lambda::BatchHandler for Invalidator {
+    async fn handle(&self, event: &str) -> Result<Vec<String>, String> {
         let raws = split_batch(event).map_err(|e| e.0)?;
         let mut metrics = Metrics::new(&self.namespace);
         let mut stage = CacheStage {
@@ -197,14 +197,5 @@ impl Invalidator {
             cache: Arc::new(RedisCache::new(settings)),
             dead_letter: super::sqs_dead_letter(&sdk)?,
         })
-    }
-}
-
-impl crate::lambda::BatchHandler for Invalidator {
-    fn handle_batch(
-        &self,
-        event: &str,
-    ) -> impl std::future::Future<Output = Result<Vec<String>, String>> + Send {
-        self.handle(event)
     }
 }

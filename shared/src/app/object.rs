@@ -20,9 +20,8 @@ pub struct ObjectProcessor {
     pub ports: Ports,
 }
 
-impl ObjectProcessor {
-    /// Handles one SQS batch; `Ok` holds the message ids to report as failures.
-    pub async fn handle(&self, event: &str) -> Result<Vec<String>, String> {
+impl crate::lambda::BatchHandler for ObjectProcessor {
+    async fn handle(&self, event: &str) -> Result<Vec<String>, String> {
         let raws = split_batch(event).map_err(|e| e.0)?;
         let mut metrics = Metrics::new(&self.config.deployment.namespace);
         let mut invalidation =
@@ -109,14 +108,5 @@ impl ObjectProcessor {
             region,
             ports: super::queue_ports(&sdk).await?,
         })
-    }
-}
-
-impl crate::lambda::BatchHandler for ObjectProcessor {
-    fn handle_batch(
-        &self,
-        event: &str,
-    ) -> impl std::future::Future<Output = Result<Vec<String>, String>> + Send {
-        self.handle(event)
     }
 }

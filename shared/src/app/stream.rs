@@ -19,9 +19,8 @@ pub struct StreamProcessor {
     pub ports: Ports,
 }
 
-impl StreamProcessor {
-    /// Handles one batch; `Ok` holds the sequence numbers to report as failures.
-    pub async fn handle(&self, event: &str) -> Result<Vec<String>, String> {
+impl crate::lambda::BatchHandler for StreamProcessor {
+    async fn handle(&self, event: &str) -> Result<Vec<String>, String> {
         let raws = split_batch(event).map_err(|e| e.0)?;
         let source = first_table(&raws).unwrap_or_else(|| "unknown".to_owned());
         let mut metrics = Metrics::new(&self.config.deployment.namespace);
@@ -115,14 +114,5 @@ impl StreamProcessor {
             region,
             ports: super::stream_ports(&sdk).await?,
         })
-    }
-}
-
-impl crate::lambda::BatchHandler for StreamProcessor {
-    fn handle_batch(
-        &self,
-        event: &str,
-    ) -> impl std::future::Future<Output = Result<Vec<String>, String>> + Send {
-        self.handle(event)
     }
 }
