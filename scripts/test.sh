@@ -27,7 +27,11 @@ bash scripts/env.sh up >/dev/null
 source "$STATE/env"
 
 step "tests (unit + system)"
-cargo nextest run --workspace --run-ignored all --no-fail-fast --test-threads 4
+cargo nextest run --workspace --run-ignored all --no-fail-fast --test-threads 4 2>&1 | tee "$STATE/nextest.log"
+# (set -o pipefail: a failing test run stops here.)
+summary=$(grep -E 'Summary .* tests? run: ' "$STATE/nextest.log" | tail -n 1)
+passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$summary")
+[ -n "$passed" ] && [ "$passed" -gt 0 ] || die "the test run reported no passed tests"
 
 step "template: sam validate --lint, cfn-lint, checkov"
 sam validate --lint
@@ -38,3 +42,5 @@ step "sam build (arm64, release)"
 sam build
 
 step "done in $(( $(date +%s) - start ))s"
+# The test runner's result, repeated as the closing line.
+echo "tests: $passed passed, 0 failed"
