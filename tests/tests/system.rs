@@ -522,6 +522,26 @@ fn cache_settings(
     }
 }
 
+/// The password-protected redis: its URL, its password, and a fresh key stored in it.
+async fn auth_server_with_a_key(tag: &str) -> Result<(String, String, Vec<String>)> {
+    let url = env("TIDEMARK_REDIS_AUTH_URL");
+    let password = std::fs::read_to_string(env("TIDEMARK_REDIS_AUTH_PASSWORD_FILE"))?
+        .trim()
+        .to_owned();
+    let key = vec![format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        tidemark::now_ms()
+    )];
+    fill(
+        &url.replace("redis://", &format!("redis://:{password}@")),
+        None,
+        &key,
+    )
+    .await?;
+    Ok((url, password, key))
+}
+
 fn env(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run scripts/test.sh"))
 }
@@ -581,10 +601,7 @@ async fn cache_unlinks_over_tls_with_a_private_ca() -> Result<()> {
 async fn cache_password_comes_from_secrets_manager() -> Result<()> {
     use tidemark::adapters::cache::{CacheAuth, RedisCache};
     use tidemark::ports::Cache;
-    let url = env("TIDEMARK_REDIS_AUTH_URL");
-    let password = std::fs::read_to_string(env("TIDEMARK_REDIS_AUTH_PASSWORD_FILE"))?
-        .trim()
-        .to_owned();
+    let (url, password, key) = auth_server_with_a_key("secret").await?;
     let sdk = tidemark_tests::aws::sdk_config(&env("TIDEMARK_MOTO_URL"), "us-east-1", 1).await;
     let sm = aws_sdk_secretsmanager::Client::new(&sdk);
     let id = format!(
@@ -601,13 +618,6 @@ async fn cache_password_comes_from_secrets_manager() -> Result<()> {
         .arn()
         .unwrap()
         .to_owned();
-    let key = vec![format!("auth-{id}")];
-    fill(
-        &url.replace("redis://", &format!("redis://:{password}@")),
-        None,
-        &key,
-    )
-    .await?;
     let settings = |secret_id: &str| {
         let auth = CacheAuth::Secret {
             client: sm.clone(),
@@ -643,17 +653,7 @@ async fn iam_auth_sends_the_user_and_a_fresh_token() -> Result<()> {
     use tidemark::adapters::cache::{CacheAuth, RedisCache};
     use tidemark::adapters::iam_auth::IamTarget;
     use tidemark::ports::Cache;
-    let url = env("TIDEMARK_REDIS_AUTH_URL");
-    let password = std::fs::read_to_string(env("TIDEMARK_REDIS_AUTH_PASSWORD_FILE"))?
-        .trim()
-        .to_owned();
-    let key = vec![format!("iam-{}-{}", std::process::id(), tidemark::now_ms())];
-    fill(
-        &url.replace("redis://", &format!("redis://:{password}@")),
-        None,
-        &key,
-    )
-    .await?;
+    let (url, _, key) = auth_server_with_a_key("iam").await?;
     let creds = aws_credential_types::Credentials::new("AKIDEXAMPLE", "secret", None, None, "test");
     let iam = |user: &str| {
         let auth = CacheAuth::Iam {
