@@ -13,21 +13,18 @@ use tidemark::app::Ports;
 use tidemark::app::stream::StreamProcessor;
 use tidemark::config::Config;
 use tidemark::lambda::BatchHandler;
-use tidemark::ports::{DeadLetter, DeadLetterEntry, Outbound, Publish};
+use tidemark::ports::{DeadLetter, DeadLetterEntry, Outbound, PortError, Publish, PublishResult};
 
 struct NullPublisher;
 impl Publish for NullPublisher {
-    fn publish_batch<'a>(
-        &'a self,
-        entries: &'a [Outbound],
-    ) -> BoxFuture<'a, Result<Vec<Result<(), String>>, String>> {
+    fn publish_batch<'a>(&'a self, entries: &'a [Outbound]) -> BoxFuture<'a, PublishResult> {
         Box::pin(async move { Ok(entries.iter().map(|_| Ok(())).collect()) })
     }
 }
 
 struct NullDeadLetter;
 impl DeadLetter for NullDeadLetter {
-    fn put(&self, _: Vec<DeadLetterEntry>) -> BoxFuture<'_, Result<(), String>> {
+    fn put(&self, _: Vec<DeadLetterEntry>) -> BoxFuture<'_, Result<(), PortError>> {
         Box::pin(async { Ok(()) })
     }
 }

@@ -294,10 +294,9 @@ struct WireIdentity<'a> {
     principal_id: Option<Str<'a>>,
 }
 
-/// Why a record cannot be interpreted (it will never decode, however often it is retried).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct DecodeError(pub String);
+pub use crate::error::DecodeError;
+
+const RECORD: &str = "stream record";
 
 impl<'a> StreamRecord<'a> {
     /// Decodes a record, every attribute of its images included.
@@ -312,26 +311,43 @@ impl<'a> StreamRecord<'a> {
         let w = RecordSeed(ImageSeed { wanted })
             .deserialize(&mut de)
             .and_then(|w| de.end().map(|()| w))
-            .map_err(|e| DecodeError(format!("malformed stream record: {e}")))?;
-        let body = w
-            .dynamodb
-            .ok_or_else(|| DecodeError("stream record has no `dynamodb` body".into()))?;
+            .map_err(|e| DecodeError::malformed(RECORD, &e))?;
+        let body = w.dynamodb.ok_or(DecodeError::Missing {
+            what: RECORD,
+            field: "`dynamodb` body",
+        })?;
         let event_name = match w.event_name.as_deref() {
             Some("INSERT") => EventName::Insert,
             Some("MODIFY") => EventName::Modify,
             Some("REMOVE") => EventName::Remove,
-            Some(other) => return Err(DecodeError(format!("unknown eventName `{other}`"))),
-            None => return Err(DecodeError("stream record has no eventName".into())),
+            Some(_) => {
+                return Err(DecodeError::Unsupported(
+                    "eventName is not INSERT, MODIFY or REMOVE".into(),
+                ));
+            }
+            None => {
+                return Err(DecodeError::Missing {
+                    what: RECORD,
+                    field: "eventName",
+                });
+            }
         };
         let sequence_number = body
             .sequence_number
-            .ok_or_else(|| DecodeError("stream record has no SequenceNumber".into()))?
+            .ok_or(DecodeError::Missing {
+                what: RECORD,
+                field: "SequenceNumber",
+            })?
             .0;
-        let keys = body
-            .keys
-            .ok_or_else(|| DecodeError("stream record has no Keys".into()))?;
+        let keys = body.keys.ok_or(DecodeError::Missing {
+            what: RECORD,
+            field: "Keys",
+        })?;
         if keys.0.is_empty() {
-            return Err(DecodeError("stream record has empty Keys".into()));
+            return Err(DecodeError::Missing {
+                what: RECORD,
+                field: "key attribute in Keys",
+            });
         }
         let ttl_delete = event_name == EventName::Remove
             && w.user_identity.as_ref().is_some_and(|u| {
@@ -403,7 +419,7 @@ pub fn split_batch(event: &str) -> Result<Vec<&RawValue>, DecodeError> {
     }
     serde_json::from_str::<Batch<'_>>(event)
         .map(|b| b.records)
-        .map_err(|e| DecodeError(format!("event is not a batch of Records: {e}")))
+        .map_err(|e| DecodeError::malformed("batch (expected {\"Records\": [...]})", &e))
 }
 
 #[cfg(test)]
@@ -438,13 +454,16 @@ mod tests {
     fn unknown_type_tag_is_a_decode_error() {
         let bad = MODIFY.replace(r#""n":{"N":"12.5"}"#, r#""n":{"X":"12.5"}"#);
         let e = StreamRecord::decode(&bad).unwrap_err();
-        assert!(e.0.contains("unknown attribute type tag `X`"), "{e}");
+        assert!(
+            e.to_string().contains("unknown attribute type tag `X`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn missing_body_is_a_decode_error() {
         let e = StreamRecord::decode(r#"{"eventID":"x","eventName":"INSERT"}"#).unwrap_err();
-        assert!(e.0.contains("no `dynamodb` body"));
+        assert!(e.to_string().contains("no `dynamodb` body"), "{e}");
     }
 
     #[test]

@@ -16,11 +16,12 @@ use futures::future::BoxFuture;
 
 use crate::config::{Bucket, Table};
 use crate::ddb::StreamRecord;
+use crate::error::{PortError, StageError};
 use crate::message::{self, Invalidation};
 use crate::metrics::{Dim, Metric, Metrics};
 use crate::objects::{ObjectChange, ObjectEventKind, object_placeholder};
 use crate::pipeline::Stage;
-use crate::ports::{Outbound, Publish};
+use crate::ports::{Outbound, Publish, PublishResult};
 
 /// SNS: maximum message (body + attributes) and PublishBatch request size.
 pub const SNS_MAX_BYTES: usize = 262_144;
@@ -263,19 +264,17 @@ pub fn batch_requests(packed: &[Packed]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
-/// Result of one PublishBatch call: per entry, or the whole call failed.
-type BatchResult = Result<Vec<Result<(), String>>, String>;
-
-/// Publishes everything; returns the records whose keys were not published.
+/// Publishes everything; returns the records whose keys were not published, each with the
+/// classed error of its message (a permanent one dead-letters the record).
 pub async fn publish_all(
     publisher: &dyn Publish,
     packed: &[Packed],
     function: &str,
     metrics: &mut Metrics,
-) -> Vec<(usize, String)> {
+) -> Vec<(usize, StageError)> {
     let requests = batch_requests(packed);
     let calls = requests.len();
-    let results: Vec<(std::ops::Range<usize>, BatchResult)> =
+    let results: Vec<(std::ops::Range<usize>, PublishResult)> =
         futures::stream::iter(requests.into_iter().map(|range| {
             let entries: Vec<Outbound> = packed[range.clone()]
                 .iter()
@@ -297,10 +296,12 @@ pub async fn publish_all(
         for (offset, p) in packed[range.clone()].iter().enumerate() {
             let outcome = match &result {
                 Err(e) => Err(e.clone()),
-                Ok(per_entry) => per_entry
-                    .get(offset)
-                    .cloned()
-                    .unwrap_or_else(|| Err("no result for entry".into())),
+                Ok(per_entry) => per_entry.get(offset).cloned().unwrap_or_else(|| {
+                    Err(PortError::Transient(format!(
+                        "no PublishBatch result for entry {}",
+                        p.outbound.id
+                    )))
+                }),
             };
             match outcome {
                 Ok(()) => {
@@ -318,12 +319,8 @@ pub async fn publish_all(
                 }
                 Err(e) => {
                     failures += 1;
-                    tracing::warn!(message = %p.outbound.id, keys = p.keys, error = %e, "invalidation publish failed");
-                    failed.extend(
-                        p.records
-                            .iter()
-                            .map(|r| (*r, format!("publish failed: {e}"))),
-                    );
+                    tracing::warn!(message = %p.outbound.id, keys = p.keys, class = %e.class(), error = %e, "invalidation publish failed");
+                    failed.extend(p.records.iter().map(|r| (*r, StageError::Port(e.clone()))));
                 }
             }
         }
@@ -419,7 +416,7 @@ impl<'c, 'r> Stage<TableChange<'c, 'r>> for InvalidationStage<'_> {
         "invalidation"
     }
 
-    fn observe(&mut self, index: usize, c: &TableChange<'c, 'r>) -> Result<(), String> {
+    fn observe(&mut self, index: usize, c: &TableChange<'c, 'r>) -> Result<(), StageError> {
         if c.heartbeat {
             return Ok(());
         }
@@ -457,7 +454,10 @@ impl<'c, 'r> Stage<TableChange<'c, 'r>> for InvalidationStage<'_> {
         Ok(())
     }
 
-    fn flush<'s>(&'s mut self, metrics: &'s mut Metrics) -> BoxFuture<'s, Vec<(usize, String)>> {
+    fn flush<'s>(
+        &'s mut self,
+        metrics: &'s mut Metrics,
+    ) -> BoxFuture<'s, Vec<(usize, StageError)>> {
         Box::pin(async move {
             let packed = self.coalescer.pack(BODY_BUDGET);
             publish_all(self.publisher, &packed, self.function, metrics).await
@@ -470,7 +470,7 @@ impl<'c> Stage<ObjectEvent<'c>> for InvalidationStage<'_> {
         "invalidation"
     }
 
-    fn observe(&mut self, index: usize, ev: &ObjectEvent<'c>) -> Result<(), String> {
+    fn observe(&mut self, index: usize, ev: &ObjectEvent<'c>) -> Result<(), StageError> {
         let b = ev.bucket;
         for c in &ev.changes {
             if !matches!(c.kind, ObjectEventKind::Created | ObjectEventKind::Deleted)
@@ -496,7 +496,10 @@ impl<'c> Stage<ObjectEvent<'c>> for InvalidationStage<'_> {
         Ok(())
     }
 
-    fn flush<'s>(&'s mut self, metrics: &'s mut Metrics) -> BoxFuture<'s, Vec<(usize, String)>> {
+    fn flush<'s>(
+        &'s mut self,
+        metrics: &'s mut Metrics,
+    ) -> BoxFuture<'s, Vec<(usize, StageError)>> {
         Box::pin(async move {
             let packed = self.coalescer.pack(BODY_BUDGET);
             publish_all(self.publisher, &packed, self.function, metrics).await

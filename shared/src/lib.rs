@@ -10,6 +10,7 @@ pub mod adapters;
 pub mod app;
 pub mod config;
 pub mod ddb;
+pub mod error;
 pub mod invalidation;
 pub mod lambda;
 pub mod logging;

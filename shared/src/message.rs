@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ddb::DecodeError;
+use crate::error::DecodeError;
 
 pub const VERSION: u32 = 1;
 
@@ -42,10 +42,10 @@ pub struct InvalidationRef<'a> {
 impl Invalidation {
     pub fn decode(body: &str) -> Result<Self, DecodeError> {
         let m: Invalidation = serde_json::from_str(body)
-            .map_err(|e| DecodeError(format!("not an invalidation message: {e}")))?;
+            .map_err(|e| DecodeError::malformed("invalidation message", &e))?;
         if m.v != VERSION {
-            return Err(DecodeError(format!(
-                "unsupported invalidation message version {}",
+            return Err(DecodeError::Unsupported(format!(
+                "invalidation message version {} (expected {VERSION})",
                 m.v
             )));
         }

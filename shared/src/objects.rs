@@ -11,7 +11,8 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::ddb::{DecodeError, Str};
+use crate::ddb::Str;
+use crate::error::DecodeError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObjectEventKind {
@@ -147,8 +148,8 @@ struct S3Object {
 impl ObjectMessage {
     /// Decodes one SQS body. Unknown shapes are errors (they go to the dead-letter queue).
     pub fn decode(body: &str) -> Result<Self, DecodeError> {
-        let probe: Probe<'_> = serde_json::from_str(body)
-            .map_err(|e| DecodeError(format!("object event is not JSON: {e}")))?;
+        let probe: Probe<'_> =
+            serde_json::from_str(body).map_err(|e| DecodeError::malformed("object event", &e))?;
         if probe.event.as_deref() == Some("s3:TestEvent") {
             return Ok(ObjectMessage::TestEvent);
         }
@@ -158,7 +159,7 @@ impl ObjectMessage {
         if probe.records.is_some() {
             return decode_notification(body).map(ObjectMessage::Changes);
         }
-        Err(DecodeError(
+        Err(DecodeError::Unsupported(
             "unknown object event shape: neither EventBridge nor S3 notification".into(),
         ))
     }
@@ -166,20 +167,19 @@ impl ObjectMessage {
 
 fn decode_eventbridge(body: &str) -> Result<ObjectChange, DecodeError> {
     let e: EbEvent = serde_json::from_str(body)
-        .map_err(|e| DecodeError(format!("malformed EventBridge S3 event: {e}")))?;
+        .map_err(|e| DecodeError::malformed("EventBridge S3 event", &e))?;
     if e.source != "aws.s3" {
-        return Err(DecodeError(format!(
-            "EventBridge event from unexpected source `{}`",
-            e.source
-        )));
+        return Err(DecodeError::Unsupported(
+            "EventBridge event whose source is not aws.s3".into(),
+        ));
     }
     let kind = match e.detail_type.as_str() {
         "Object Created" => ObjectEventKind::Created,
         "Object Deleted" => ObjectEventKind::Deleted,
-        other => {
-            return Err(DecodeError(format!(
-                "unsupported EventBridge detail-type `{other}`"
-            )));
+        _ => {
+            return Err(DecodeError::Unsupported(
+                "EventBridge detail-type is not Object Created or Object Deleted".into(),
+            ));
         }
     };
     let _ = e.detail.deletion_type; // "Permanently Deleted" vs "Delete Marker Created": both invalidate
@@ -196,14 +196,16 @@ fn decode_eventbridge(body: &str) -> Result<ObjectChange, DecodeError> {
 }
 
 fn decode_notification(body: &str) -> Result<Vec<ObjectChange>, DecodeError> {
-    let n: S3Notification = serde_json::from_str(body)
-        .map_err(|e| DecodeError(format!("malformed S3 notification: {e}")))?;
+    let n: S3Notification =
+        serde_json::from_str(body).map_err(|e| DecodeError::malformed("S3 notification", &e))?;
     n.records
         .into_iter()
         .map(|r| {
             let kind = notification_kind(&r.event_name)?;
             let key = decode_form_key(&r.s3.object.key).ok_or_else(|| {
-                DecodeError("S3 notification key is not valid percent-encoded UTF-8".into())
+                DecodeError::Unsupported(
+                    "S3 notification key is not valid percent-encoded UTF-8".into(),
+                )
             })?;
             let event_id = format!(
                 "{}:{}:{}",
@@ -245,10 +247,16 @@ fn notification_kind(name: &str) -> Result<ObjectEventKind, DecodeError> {
                 ReplicationEvent::OperationReplicatedAfterThreshold
             }
             "OperationNotTracked" => ReplicationEvent::OperationNotTracked,
-            other => return Err(DecodeError(format!("unknown replication event `{other}`"))),
+            _ => {
+                return Err(DecodeError::Unsupported(
+                    "unknown S3 Replication event".into(),
+                ));
+            }
         })
     } else {
-        return Err(DecodeError(format!("unsupported S3 event `{name}`")));
+        return Err(DecodeError::Unsupported(
+            "S3 event is not ObjectCreated, ObjectRemoved or Replication".into(),
+        ));
     })
 }
 

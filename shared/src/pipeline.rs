@@ -4,14 +4,17 @@
 //! per batch) → an outcome per record (done / retry / reject) → dead-letter the rejects →
 //! the ids to report in the partial batch response.
 //!
-//! A record that cannot be decoded is rejected alone; its neighbours proceed. A record a
-//! stage could not finish is retried (reported as a batch item failure). A rejected record
-//! whose dead-letter write fails is retried too, so nothing is lost silently.
+//! Every failure is typed and classed ([`crate::error`]): a permanent one (a record that
+//! cannot be decoded, a key above the size limit, a port's "this request is wrong") rejects
+//! that record alone, which is dead-lettered with its reason and never retried; a transient
+//! one (throttling, an outage) retries it. A rejected record whose dead-letter write fails
+//! is retried too, so nothing is lost silently.
 
 use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 use tracing::{Instrument, debug_span, info_span, warn};
 
+use crate::error::{Class, DecodeError, StageError};
 use crate::metrics::{Dim, Metric, Metrics};
 use crate::ports::{DeadLetter, DeadLetterEntry};
 
@@ -21,10 +24,20 @@ pub enum Outcome {
     Done,
     /// Transient: report as a batch item failure so Lambda delivers it again.
     Retry(String),
-    /// Permanent: can never be interpreted; dead-lettered and not retried.
+    /// Permanent: can never be processed; dead-lettered and not retried.
     Reject(String),
     /// Deliberately ignored (e.g. `s3:TestEvent`).
     Skipped(&'static str),
+}
+
+impl Outcome {
+    /// The outcome of a failure of class `class`, with its reason.
+    pub fn failed(class: Class, reason: String) -> Self {
+        match class {
+            Class::Transient => Outcome::Retry(reason),
+            Class::Permanent => Outcome::Reject(reason),
+        }
+    }
 }
 
 /// Result of decoding one raw record.
@@ -39,19 +52,22 @@ pub enum Decoded<C> {
         id: Option<String>,
         why: &'static str,
     },
+    /// The record can never be interpreted (decode errors are permanent).
     Reject {
         id: Option<String>,
-        reason: String,
+        error: DecodeError,
     },
 }
 
 /// One step of work over a batch. `observe` is pure planning; `flush` does the batch's I/O
-/// and returns the records (by index) that must be retried, with the reason.
+/// and returns the records (by index) it could not finish, with a classed error.
 pub trait Stage<C>: Send {
     fn name(&self) -> &'static str;
-    /// `Err` rejects this record (it can never be processed).
-    fn observe(&mut self, index: usize, change: &C) -> Result<(), String>;
-    fn flush<'s>(&'s mut self, metrics: &'s mut Metrics) -> BoxFuture<'s, Vec<(usize, String)>>;
+    /// `Err` fails this record by the error's class (permanent: reject; transient: retry);
+    /// later stages do not see it.
+    fn observe(&mut self, index: usize, change: &C) -> Result<(), StageError>;
+    fn flush<'s>(&'s mut self, metrics: &'s mut Metrics)
+    -> BoxFuture<'s, Vec<(usize, StageError)>>;
 }
 
 /// The per-record result of a batch, in input order.
@@ -120,7 +136,9 @@ where
         let (id, outcome, change) = match decode(raw.get()) {
             Decoded::Ok { id, change } => (Some(id), Outcome::Done, Some(change)),
             Decoded::Skip { id, why } => (id, Outcome::Skipped(why), None),
-            Decoded::Reject { id, reason } => (id, Outcome::Reject(reason), None),
+            Decoded::Reject { id, error } => {
+                (id, Outcome::failed(error.class(), error.to_string()), None)
+            }
         };
         let mut outcome = outcome;
         if let Some(c) = &change {
@@ -129,8 +147,8 @@ where
             let span = debug_span!("record", id = id.as_deref().unwrap_or(""), index);
             let _guard = span.enter();
             for stage in stages.iter_mut() {
-                if let Err(reason) = stage.observe(index, c) {
-                    outcome = Outcome::Reject(format!("{}: {reason}", stage.name()));
+                if let Err(e) = stage.observe(index, c) {
+                    outcome = Outcome::failed(e.class(), format!("{}: {e}", stage.name()));
                     break;
                 }
             }
@@ -146,11 +164,16 @@ where
             .flush(metrics)
             .instrument(info_span!("flush", stage = name))
             .await;
-        for (index, reason) in failures {
-            if let Some(o) = report.outcomes.get_mut(index)
-                && matches!(o, Outcome::Done)
-            {
-                *o = Outcome::Retry(format!("{name}: {reason}"));
+        for (index, e) in failures {
+            let Some(o) = report.outcomes.get_mut(index) else {
+                continue;
+            };
+            // A permanent failure wins over a retry (retrying cannot help); a reject stays.
+            match (&*o, e.class()) {
+                (Outcome::Done, class) | (Outcome::Retry(_), class @ Class::Permanent) => {
+                    *o = Outcome::failed(class, format!("{name}: {e}"));
+                }
+                _ => {}
             }
         }
     }
@@ -216,15 +239,16 @@ async fn dead_letter_rejects(
 mod tests {
     use super::*;
     use crate::ddb::{StreamRecord, split_batch};
+    use crate::error::PortError;
     use std::sync::Mutex;
 
     #[derive(Default)]
     struct MemoryDeadLetter(Mutex<Vec<DeadLetterEntry>>, bool);
     impl DeadLetter for MemoryDeadLetter {
-        fn put(&self, entries: Vec<DeadLetterEntry>) -> BoxFuture<'_, Result<(), String>> {
+        fn put(&self, entries: Vec<DeadLetterEntry>) -> BoxFuture<'_, Result<(), PortError>> {
             Box::pin(async move {
                 if self.1 {
-                    return Err("store down".into());
+                    return Err(PortError::Transient("store down".into()));
                 }
                 self.0.lock().unwrap().extend(entries);
                 Ok(())
@@ -232,21 +256,35 @@ mod tests {
         }
     }
 
-    /// Fails records whose key is `pk = fail`, counts the rest.
-    struct FlakyStage(Vec<usize>, usize);
+    /// Fails records whose key is `pk = fail` (transient) or `pk = bad` (permanent) in
+    /// flush, counts the rest.
+    struct FlakyStage(Vec<(usize, Class)>, usize);
     impl<'a> Stage<StreamRecord<'a>> for FlakyStage {
         fn name(&self) -> &'static str {
             "flaky"
         }
-        fn observe(&mut self, index: usize, c: &StreamRecord<'a>) -> Result<(), String> {
-            if c.keys.scalar("pk").as_deref() == Some("fail") {
-                self.0.push(index);
+        fn observe(&mut self, index: usize, c: &StreamRecord<'a>) -> Result<(), StageError> {
+            match c.keys.scalar("pk").as_deref() {
+                Some("fail") => self.0.push((index, Class::Transient)),
+                Some("bad") => self.0.push((index, Class::Permanent)),
+                _ => {}
             }
             self.1 += 1;
             Ok(())
         }
-        fn flush<'s>(&'s mut self, _: &'s mut Metrics) -> BoxFuture<'s, Vec<(usize, String)>> {
-            Box::pin(async move { self.0.iter().map(|i| (*i, "down".to_owned())).collect() })
+        fn flush<'s>(&'s mut self, _: &'s mut Metrics) -> BoxFuture<'s, Vec<(usize, StageError)>> {
+            Box::pin(async move {
+                self.0
+                    .iter()
+                    .map(|(i, class)| {
+                        let e = match class {
+                            Class::Transient => PortError::Transient("down".into()),
+                            Class::Permanent => PortError::Permanent("refused".into()),
+                        };
+                        (*i, StageError::Port(e))
+                    })
+                    .collect()
+            })
         }
     }
 
@@ -262,9 +300,9 @@ mod tests {
                 id: r.sequence_number.to_string(),
                 change: r,
             },
-            Err(e) => Decoded::Reject {
+            Err(error) => Decoded::Reject {
                 id: StreamRecord::salvage_id(raw),
-                reason: e.0,
+                error,
             },
         }
     }
@@ -301,6 +339,35 @@ mod tests {
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].id.as_deref(), Some("3"));
         assert_eq!(dead[0].record, poison);
+    }
+
+    #[tokio::test]
+    async fn permanent_stage_failure_is_dead_lettered_and_transient_one_retried() {
+        let batch = format!(
+            r#"{{"Records":[{},{},{}]}}"#,
+            rec(1, "bad"),
+            rec(2, "fail"),
+            rec(3, "ok")
+        );
+        let raws = split_batch(&batch).unwrap();
+        let dl = MemoryDeadLetter::default();
+        let mut stage = FlakyStage(vec![], 0);
+        let mut metrics = Metrics::new("Tidemark");
+        let report = run(CTX, &raws, decode, &mut [&mut stage], &dl, &mut metrics).await;
+
+        assert!(
+            matches!(&report.outcomes[0], Outcome::Reject(r) if r == "flaky: refused"),
+            "{:?}",
+            report.outcomes[0]
+        );
+        assert!(matches!(report.outcomes[1], Outcome::Retry(_)));
+        assert_eq!(report.outcomes[2], Outcome::Done);
+        // Only the transient failure goes back to Lambda; the permanent one is in the store.
+        assert_eq!(report.failed_ids().unwrap(), ["2"]);
+        let dead = dl.0.lock().unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].id.as_deref(), Some("1"));
+        assert_eq!(dead[0].reason, "flaky: refused");
     }
 
     #[tokio::test]

@@ -3,6 +3,8 @@
 
 use futures::future::BoxFuture;
 
+pub use crate::error::PortError;
+
 /// One message for PublishBatch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outbound {
@@ -25,14 +27,15 @@ impl Outbound {
     }
 }
 
+/// Result of one PublishBatch call: per entry, or the whole call failed.
+pub type PublishResult = Result<Vec<Result<(), PortError>>, PortError>;
+
 /// Publishes invalidation messages (SNS in production).
 pub trait Publish: Send + Sync {
     /// One PublishBatch call (≤ 10 entries, ≤ 256 KiB). `Ok` holds one result per entry,
     /// in order: a successful call can still fail single entries. `Err` = the call failed.
-    fn publish_batch<'a>(
-        &'a self,
-        entries: &'a [Outbound],
-    ) -> BoxFuture<'a, Result<Vec<Result<(), String>>, String>>;
+    /// Each error is classed: a permanent one dead-letters the records behind the entry.
+    fn publish_batch<'a>(&'a self, entries: &'a [Outbound]) -> BoxFuture<'a, PublishResult>;
 }
 
 /// A rejected record with everything needed to replay it.
@@ -49,12 +52,13 @@ pub struct DeadLetterEntry {
 
 /// Stores rejected records (S3 for stream functions, SQS for queue consumers).
 pub trait DeadLetter: Send + Sync {
-    fn put(&self, entries: Vec<DeadLetterEntry>) -> BoxFuture<'_, Result<(), String>>;
+    /// Any failure turns the entries' rejects into retries (a reject must land somewhere).
+    fn put(&self, entries: Vec<DeadLetterEntry>) -> BoxFuture<'_, Result<(), PortError>>;
 }
 
 /// Deletes keys from the regional cache.
 pub trait Cache: Send + Sync {
     /// Deletes every key in as few round trips as the topology allows (one for a single
     /// node). Returns how many existed.
-    fn unlink<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, String>>;
+    fn unlink<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, PortError>>;
 }

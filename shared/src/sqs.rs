@@ -4,7 +4,10 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::ddb::{DecodeError, Str};
+use crate::ddb::Str;
+use crate::error::DecodeError;
+
+const RECORD: &str = "SQS record";
 
 /// One SQS message from a Lambda SQS batch.
 #[derive(Debug, Clone)]
@@ -36,18 +39,27 @@ struct WireAttrs<'a> {
 
 impl<'a> SqsRecord<'a> {
     pub fn decode(raw: &'a str) -> Result<Self, DecodeError> {
-        let w: Wire<'a> = serde_json::from_str(raw)
-            .map_err(|e| DecodeError(format!("malformed SQS record: {e}")))?;
+        let w: Wire<'a> =
+            serde_json::from_str(raw).map_err(|e| DecodeError::malformed(RECORD, &e))?;
         let message_id = w
             .message_id
-            .ok_or_else(|| DecodeError("SQS record has no messageId".into()))?
+            .ok_or(DecodeError::Missing {
+                what: RECORD,
+                field: "messageId",
+            })?
             .0;
         if message_id.is_empty() {
-            return Err(DecodeError("SQS record has an empty messageId".into()));
+            return Err(DecodeError::Missing {
+                what: RECORD,
+                field: "messageId",
+            });
         }
         let body = w
             .body
-            .ok_or_else(|| DecodeError("SQS record has no body".into()))?
+            .ok_or(DecodeError::Missing {
+                what: RECORD,
+                field: "body",
+            })?
             .0;
         let (sent_ms, receive_count) = match &w.attributes {
             Some(a) => (

@@ -255,7 +255,11 @@ async fn sqs_mapping_redelivers_only_failed_messages() -> Result<()> {
     let r = w.region_mut("us-east-1");
     let dlq = r.clients.drain(&r.queue_dlq_url.clone()).await?;
     assert_eq!(dlq.len(), 1);
-    assert!(dlq[0].contains("not an invalidation message"));
+    assert!(
+        dlq[0].contains("malformed invalidation message"),
+        "{}",
+        dlq[0]
+    );
     Ok(())
 }
 
@@ -643,6 +647,8 @@ async fn cache_password_comes_from_secrets_manager() -> Result<()> {
         .unlink(&key)
         .await
         .unwrap_err();
+    assert_eq!(err.class(), tidemark::error::Class::Transient);
+    let err = err.to_string();
     assert!(!err.contains("not-the-password"), "{err}");
     Ok(())
 }

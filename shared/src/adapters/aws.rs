@@ -6,6 +6,8 @@
 
 use aws_config::{BehaviorVersion, SdkConfig};
 
+use crate::error::{PortError, is_permanent_code};
+
 /// Loads the shared SDK configuration (region and credentials are resolved lazily).
 pub async fn sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest()).load().await
@@ -18,4 +20,25 @@ pub fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
         .force_path_style(path_style)
         .build();
     aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Classifies an AWS SDK failure of `operation` (see [`crate::error`]): a service error
+/// whose code says the request itself is wrong is permanent; throttling, timeouts,
+/// connection failures, server errors and unknown codes are transient (a wrong guess there
+/// costs bounded retries, never a lost record).
+pub fn port_error<E, R>(operation: &str, err: aws_sdk_s3::error::SdkError<E, R>) -> PortError
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+    let code = match &err {
+        SdkError::ServiceError(s) => s.err().code().map(str::to_owned),
+        _ => None,
+    };
+    let text = format!("{operation}: {}", DisplayErrorContext(&err));
+    match code.as_deref() {
+        Some(c) if is_permanent_code(c) => PortError::Permanent(text),
+        _ => PortError::Transient(text),
+    }
 }

@@ -10,6 +10,7 @@ use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use tokio::sync::Mutex;
 
+use crate::error::PortError;
 use crate::ports::Cache;
 
 /// Keys per UNLINK command: bounded so one command never blocks the server for long.
@@ -263,12 +264,14 @@ impl RedisCache {
 }
 
 impl Cache for RedisCache {
-    fn unlink<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, String>> {
+    /// Every cache failure is transient: a message's keys stay valid to delete, so it is
+    /// retried until the cache answers (and the queue's redrive policy bounds that).
+    fn unlink<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, PortError>> {
         Box::pin(async move {
             if keys.is_empty() {
                 return Ok(0);
             }
-            self.unlink_all(keys).await
+            self.unlink_all(keys).await.map_err(PortError::Transient)
         })
     }
 }

@@ -4,6 +4,8 @@
 
 use futures::future::BoxFuture;
 
+use crate::adapters::aws::port_error;
+use crate::error::PortError;
 use crate::ports::{DeadLetter, DeadLetterEntry};
 
 /// One object per rejected record under `dead-letter/<function>/<source>/<id>.json`;
@@ -38,10 +40,11 @@ impl S3DeadLetter {
 }
 
 impl DeadLetter for S3DeadLetter {
-    fn put(&self, entries: Vec<DeadLetterEntry>) -> BoxFuture<'_, Result<(), String>> {
+    fn put(&self, entries: Vec<DeadLetterEntry>) -> BoxFuture<'_, Result<(), PortError>> {
         Box::pin(async move {
             for e in entries {
-                let body = serde_json::to_vec(&e).map_err(|e| e.to_string())?;
+                let body = serde_json::to_vec(&e)
+                    .map_err(|e| PortError::Permanent(format!("dead-letter entry: {e}")))?;
                 self.client
                     .put_object()
                     .bucket(&self.bucket)
@@ -50,13 +53,7 @@ impl DeadLetter for S3DeadLetter {
                     .body(body.into())
                     .send()
                     .await
-                    .map_err(|err| {
-                        format!(
-                            "PutObject s3://{}: {}",
-                            self.bucket,
-                            aws_sdk_s3::error::DisplayErrorContext(err)
-                        )
-                    })?;
+                    .map_err(|err| port_error(&format!("PutObject s3://{}", self.bucket), err))?;
             }
             Ok(())
         })
@@ -77,31 +74,35 @@ impl SqsDeadLetter {
 }
 
 impl DeadLetter for SqsDeadLetter {
-    fn put(&self, entries: Vec<DeadLetterEntry>) -> BoxFuture<'_, Result<(), String>> {
+    fn put(&self, entries: Vec<DeadLetterEntry>) -> BoxFuture<'_, Result<(), PortError>> {
         Box::pin(async move {
             for chunk in entries.chunks(10) {
                 let mut req = self.client.send_message_batch().queue_url(&self.queue_url);
                 for (i, e) in chunk.iter().enumerate() {
-                    let body = serde_json::to_string(e).map_err(|e| e.to_string())?;
+                    let body = serde_json::to_string(e)
+                        .map_err(|e| PortError::Permanent(format!("dead-letter entry: {e}")))?;
                     let entry = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
                         .id(format!("d{i}"))
                         .message_body(body)
                         .build()
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| PortError::Permanent(format!("dead-letter entry: {e}")))?;
                     req = req.entries(entry);
                 }
-                let out = req.send().await.map_err(|e| {
-                    format!(
-                        "SendMessageBatch: {}",
-                        aws_sdk_sqs::error::DisplayErrorContext(e)
-                    )
-                })?;
+                let out = req
+                    .send()
+                    .await
+                    .map_err(|e| port_error("SendMessageBatch", e))?;
                 if let Some(f) = out.failed().first() {
-                    return Err(format!(
+                    let text = format!(
                         "SendMessageBatch entry {}: {}",
                         f.id(),
                         f.message().unwrap_or(f.code())
-                    ));
+                    );
+                    return Err(if f.sender_fault() {
+                        PortError::Permanent(text)
+                    } else {
+                        PortError::Transient(text)
+                    });
                 }
             }
             Ok(())

@@ -3,7 +3,9 @@
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use futures::future::BoxFuture;
 
-use crate::ports::{Outbound, Publish};
+use crate::adapters::aws::port_error;
+use crate::error::{PortError, is_permanent_code};
+use crate::ports::{Outbound, Publish, PublishResult};
 
 #[derive(Debug, Clone)]
 pub struct SnsPublisher {
@@ -18,10 +20,7 @@ impl SnsPublisher {
 }
 
 impl Publish for SnsPublisher {
-    fn publish_batch<'a>(
-        &'a self,
-        entries: &'a [Outbound],
-    ) -> BoxFuture<'a, Result<Vec<Result<(), String>>, String>> {
+    fn publish_batch<'a>(&'a self, entries: &'a [Outbound]) -> BoxFuture<'a, PublishResult> {
         Box::pin(async move {
             let mut req = self.client.publish_batch().topic_arn(&self.topic_arn);
             for e in entries {
@@ -33,26 +32,38 @@ impl Publish for SnsPublisher {
                         .data_type("String")
                         .string_value(value)
                         .build()
-                        .map_err(|err| err.to_string())?;
+                        .map_err(|err| {
+                            PortError::Permanent(format!("PublishBatch entry: {err}"))
+                        })?;
                     b = b.message_attributes(*name, attr);
                 }
-                req = req.publish_batch_request_entries(b.build().map_err(|err| err.to_string())?);
+                let entry = b
+                    .build()
+                    .map_err(|err| PortError::Permanent(format!("PublishBatch entry: {err}")))?;
+                req = req.publish_batch_request_entries(entry);
             }
-            let out = req.send().await.map_err(|e| {
-                format!(
-                    "PublishBatch: {}",
-                    aws_sdk_sns::error::DisplayErrorContext(e)
-                )
-            })?;
-            // A 200 reply can still fail single entries: match them by id.
-            let failed: Vec<(String, String)> = out
+            let out = req
+                .send()
+                .await
+                .map_err(|e| port_error("PublishBatch", e))?;
+            // A 200 reply can still fail single entries: match them by id. An entry SNS
+            // refuses as invalid is permanent; throttling and internal errors are not.
+            let failed: Vec<(String, PortError)> = out
                 .failed()
                 .iter()
                 .map(|f| {
-                    (
-                        f.id().to_owned(),
-                        format!("{}: {}", f.code(), f.message().unwrap_or("")),
-                    )
+                    let text = format!(
+                        "PublishBatch entry {}: {}: {}",
+                        f.id(),
+                        f.code(),
+                        f.message().unwrap_or("")
+                    );
+                    let e = if is_permanent_code(f.code()) {
+                        PortError::Permanent(text)
+                    } else {
+                        PortError::Transient(text)
+                    };
+                    (f.id().to_owned(), e)
                 })
                 .collect();
             let ok: Vec<&str> = out.successful().iter().filter_map(|s| s.id()).collect();
@@ -61,7 +72,10 @@ impl Publish for SnsPublisher {
                 .map(|e| match failed.iter().find(|(id, _)| *id == e.id) {
                     Some((_, why)) => Err(why.clone()),
                     None if ok.contains(&e.id.as_str()) => Ok(()),
-                    None => Err("entry missing from PublishBatch reply".to_owned()),
+                    None => Err(PortError::Transient(format!(
+                        "PublishBatch entry {}: missing from the reply",
+                        e.id
+                    ))),
                 })
                 .collect())
         })

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::ddb::split_batch;
+use crate::error::StageError;
 use crate::message::Invalidation;
 use crate::metrics::{Dim, Metric, Metrics};
 use crate::pipeline::{self, Context, Decoded, Stage};
@@ -40,7 +41,7 @@ impl Stage<Invalidation> for CacheStage<'_> {
         "cache"
     }
 
-    fn observe(&mut self, index: usize, m: &Invalidation) -> Result<(), String> {
+    fn observe(&mut self, index: usize, m: &Invalidation) -> Result<(), StageError> {
         for k in &m.keys {
             if self.seen.insert(k.clone()) {
                 self.keys.push(k.clone());
@@ -50,7 +51,10 @@ impl Stage<Invalidation> for CacheStage<'_> {
         Ok(())
     }
 
-    fn flush<'s>(&'s mut self, metrics: &'s mut Metrics) -> BoxFuture<'s, Vec<(usize, String)>> {
+    fn flush<'s>(
+        &'s mut self,
+        metrics: &'s mut Metrics,
+    ) -> BoxFuture<'s, Vec<(usize, StageError)>> {
         Box::pin(async move {
             let f = [(Dim::Function, FUNCTION)];
             match self.cache.unlink(&self.keys).await {
@@ -77,7 +81,10 @@ impl Stage<Invalidation> for CacheStage<'_> {
                 Err(e) => {
                     metrics.put(Metric::CacheFailures, &f, 1.0);
                     tracing::warn!(error = %e, keys = self.keys.len(), "cache unavailable; messages will be retried");
-                    self.records.iter().map(|(i, _)| (*i, e.clone())).collect()
+                    self.records
+                        .iter()
+                        .map(|(i, _)| (*i, StageError::Port(e.clone())))
+                        .collect()
                 }
             }
         })
@@ -86,7 +93,7 @@ impl Stage<Invalidation> for CacheStage<'_> {
 
 impl crate::lambda::BatchHandler for Invalidator {
     async fn handle(&self, event: &str) -> Result<Vec<String>, String> {
-        let raws = split_batch(event).map_err(|e| e.0)?;
+        let raws = split_batch(event).map_err(|e| e.to_string())?;
         let mut metrics = Metrics::new(&self.namespace);
         let mut stage = CacheStage {
             cache: self.cache.as_ref(),
@@ -97,19 +104,19 @@ impl crate::lambda::BatchHandler for Invalidator {
         let decode = pipeline::decoder(|raw| {
             let msg = match SqsRecord::decode(raw) {
                 Ok(m) => m,
-                Err(e) => {
+                Err(error) => {
                     return Decoded::Reject {
                         id: SqsRecord::salvage_id(raw),
-                        reason: e.0,
+                        error,
                     };
                 }
             };
             let id = msg.message_id.to_string();
             match Invalidation::decode(&unwrap_sns(&msg.body)) {
                 Ok(m) => Decoded::Ok { id, change: m },
-                Err(e) => Decoded::Reject {
+                Err(error) => Decoded::Reject {
                     id: Some(id),
-                    reason: e.0,
+                    error,
                 },
             }
         });

@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::ddb::split_batch;
+use crate::error::DecodeError;
 use crate::invalidation::{InvalidationStage, ObjectEvent};
 use crate::metrics::Metrics;
 use crate::objects::ObjectMessage;
@@ -22,7 +23,7 @@ pub struct ObjectProcessor {
 
 impl crate::lambda::BatchHandler for ObjectProcessor {
     async fn handle(&self, event: &str) -> Result<Vec<String>, String> {
-        let raws = split_batch(event).map_err(|e| e.0)?;
+        let raws = split_batch(event).map_err(|e| e.to_string())?;
         let mut metrics = Metrics::new(&self.config.deployment.namespace);
         let mut invalidation =
             InvalidationStage::new(self.ports.publisher.as_ref(), FUNCTION, &self.region);
@@ -31,10 +32,10 @@ impl crate::lambda::BatchHandler for ObjectProcessor {
         let decode = pipeline::decoder(|raw| {
             let msg = match SqsRecord::decode(raw) {
                 Ok(m) => m,
-                Err(e) => {
+                Err(error) => {
                     return Decoded::Reject {
                         id: SqsRecord::salvage_id(raw),
-                        reason: e.0,
+                        error,
                     };
                 }
             };
@@ -47,7 +48,7 @@ impl crate::lambda::BatchHandler for ObjectProcessor {
                     };
                 }
                 Ok(ObjectMessage::Changes(c)) => c,
-                Err(e) => return Decoded::Reject { id, reason: e.0 },
+                Err(error) => return Decoded::Reject { id, error },
             };
             let Some(first) = changes.first() else {
                 return Decoded::Skip {
@@ -63,13 +64,16 @@ impl crate::lambda::BatchHandler for ObjectProcessor {
             let Some(bucket) = config.bucket_by_name(bucket_region, &first.bucket) else {
                 return Decoded::Reject {
                     id,
-                    reason: format!("bucket `{}` is not in the configuration", first.bucket),
+                    error: DecodeError::Unconfigured(format!(
+                        "bucket `{}` is not in the configuration",
+                        first.bucket
+                    )),
                 };
             };
             if changes.iter().any(|c| c.bucket != first.bucket) {
                 return Decoded::Reject {
                     id,
-                    reason: "one message names several buckets".into(),
+                    error: DecodeError::Unsupported("one message names several buckets".into()),
                 };
             }
             Decoded::Ok {

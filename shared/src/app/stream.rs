@@ -6,6 +6,7 @@ use serde::Deserialize;
 use super::Ports;
 use crate::config::Config;
 use crate::ddb::{StreamRecord, split_batch, table_from_arn};
+use crate::error::DecodeError;
 use crate::invalidation::{InvalidationStage, TableChange};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Context, Decoded};
@@ -21,7 +22,7 @@ pub struct StreamProcessor {
 
 impl crate::lambda::BatchHandler for StreamProcessor {
     async fn handle(&self, event: &str) -> Result<Vec<String>, String> {
-        let raws = split_batch(event).map_err(|e| e.0)?;
+        let raws = split_batch(event).map_err(|e| e.to_string())?;
         let source = first_table(&raws).unwrap_or_else(|| "unknown".to_owned());
         let mut metrics = Metrics::new(&self.config.deployment.namespace);
         let mut invalidation =
@@ -36,9 +37,9 @@ impl crate::lambda::BatchHandler for StreamProcessor {
         let decode =
             pipeline::decoder(
                 |raw| match StreamRecord::decode_only(raw, wanted.as_deref()) {
-                    Err(e) => Decoded::Reject {
+                    Err(error) => Decoded::Reject {
                         id: StreamRecord::salvage_id(raw),
-                        reason: e.0,
+                        error,
                     },
                     Ok(mut record) => {
                         let id = record.sequence_number.to_string();
@@ -52,13 +53,18 @@ impl crate::lambda::BatchHandler for StreamProcessor {
                         let Some(name) = record.table.as_deref() else {
                             return Decoded::Reject {
                                 id: Some(id),
-                                reason: "record has no eventSourceARN naming its table".into(),
+                                error: DecodeError::Missing {
+                                    what: "stream record",
+                                    field: "eventSourceARN naming its table",
+                                },
                             };
                         };
                         let Some(table) = config.table(name) else {
                             return Decoded::Reject {
                                 id: Some(id),
-                                reason: format!("table `{name}` is not in the configuration"),
+                                error: DecodeError::Unconfigured(format!(
+                                    "table `{name}` is not in the configuration"
+                                )),
                             };
                         };
                         let heartbeat = record
