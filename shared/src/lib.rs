@@ -25,6 +25,7 @@ pub mod samples;
 pub mod settings;
 pub mod sqs;
 pub mod template;
+pub mod wiring;
 
 /// Wall-clock time in epoch milliseconds.
 pub fn now_ms() -> u64 {

@@ -17,7 +17,12 @@ COMMANDS:
     check [FILE]     Validate a configuration file (default: tidemark.toml). Prints a
                      summary, or the first error naming file, source/rule and field;
                      exits 1 on an invalid file.
+                     With a samconfig.toml beside the file, also reports any source or
+                     region its config-envs do not wire.
     metrics          Print the metric catalog: name, unit, dimensions, meaning.
+    wiring CONFIG TEMPLATE
+                     Rewrite the generated per-source/per-region blocks of TEMPLATE
+                     (template.yaml) from CONFIG; `--check` only reports stale blocks.
     help             Print this help.
 
 OPTIONS:
@@ -27,6 +32,7 @@ OPTIONS:
 EXAMPLES:
     tidemark check tidemark.toml
     tidemark metrics
+    tidemark wiring tidemark.toml template.yaml
 ";
 
 fn main() -> ExitCode {
@@ -41,6 +47,16 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("check") => check(args.get(1).map(PathBuf::from)),
+        Some("wiring") => match tidemark::wiring::cli(&args[1..]) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("metrics") => {
             for s in CATALOG {
                 let dims: Vec<&str> = s.dimensions.iter().map(|d| d.name()).collect();
@@ -70,6 +86,14 @@ fn check(path: Option<PathBuf>) -> ExitCode {
     };
     match result {
         Ok(c) => {
+            // Sources and regions samconfig.toml (beside the file) does not wire.
+            let unwired = tidemark::wiring::check_samconfig_beside(&path, &c);
+            if !unwired.is_empty() {
+                for p in unwired {
+                    eprintln!("error: {p}");
+                }
+                return ExitCode::FAILURE;
+            }
             let shown = if path.as_os_str() == "-" {
                 EMBEDDED_NAME.to_owned()
             } else {
