@@ -2,7 +2,7 @@
 # The test command (README, .ci/run): sets up what is missing, then checks formatting,
 # lints, the example configuration, every test (unit + system, against moto and one
 # redis-server per region, with the cargo-lambda-built binaries), the template
-# (sam validate --lint, cfn-lint, checkov) and `sam build`.
+# (sam validate --lint, cfn-lint, checkov, scripts/template_props.py) and `sam build`.
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 start=$(date +%s)
@@ -33,10 +33,11 @@ summary=$(grep -E 'Summary .* tests? run: ' "$STATE/nextest.log" | tail -n 1)
 passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$summary")
 [ -n "$passed" ] && [ "$passed" -gt 0 ] || die "the test run reported no passed tests"
 
-step "template: sam validate --lint, cfn-lint, checkov"
+step "template: sam validate --lint, cfn-lint, checkov, deploy properties"
 sam validate --lint
 cfn-lint template.yaml
 checkov -f template.yaml --framework cloudformation --compact --quiet --skip-download
+"$VENV/bin/python" scripts/template_props.py template.yaml
 
 step "sam build (arm64, release)"
 sam build
