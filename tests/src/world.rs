@@ -278,7 +278,10 @@ impl World {
                         "object-processor",
                         &format!("object-processor-{r}"),
                         r,
-                        &with(&[("TIDEMARK_DEAD_LETTER_QUEUE_URL", &object_dlq_url)]),
+                        &with(&[
+                            ("TIDEMARK_DEAD_LETTER_QUEUE_URL", &object_dlq_url),
+                            ("TIDEMARK_DEAD_LETTER_BUCKET", &dead_letter_bucket),
+                        ]),
                     )
                     .await?;
                     let ci = BinaryFunction::start(
@@ -314,6 +317,10 @@ impl World {
                             dead_letter: Arc::new(SqsDeadLetter::new(
                                 clients.sqs.clone(),
                                 object_dlq_url.clone(),
+                                Some(S3DeadLetter::new(
+                                    clients.s3.clone(),
+                                    dead_letter_bucket.clone(),
+                                )),
                             )),
                         },
                     };
@@ -329,6 +336,7 @@ impl World {
                         dead_letter: Arc::new(SqsDeadLetter::new(
                             clients.sqs.clone(),
                             queue_dlq_url.clone(),
+                            None,
                         )),
                     };
                     (

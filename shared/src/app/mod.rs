@@ -56,10 +56,16 @@ pub async fn queue_ports(sdk: &aws_config::SdkConfig) -> Result<Ports, SettingsE
     })
 }
 
+/// `TIDEMARK_DEAD_LETTER_QUEUE_URL`, and optionally `TIDEMARK_DEAD_LETTER_BUCKET` for
+/// entries too large for a message (without it they are retried, and the queue's redrive
+/// policy moves the original message to the dead-letter queue whole).
 pub fn sqs_dead_letter(sdk: &aws_config::SdkConfig) -> Result<Arc<dyn DeadLetter>, SettingsError> {
     let url = settings::required("TIDEMARK_DEAD_LETTER_QUEUE_URL")?;
+    let overflow = settings::optional("TIDEMARK_DEAD_LETTER_BUCKET")
+        .map(|bucket| dead_letter::S3DeadLetter::new(aws::s3_client(sdk), bucket));
     Ok(Arc::new(dead_letter::SqsDeadLetter::new(
         aws_sdk_sqs::Client::new(sdk),
         url,
+        overflow,
     )))
 }

@@ -37,8 +37,12 @@ impl crate::lambda::BatchHandler for StreamProcessor {
         let decode =
             pipeline::decoder(
                 |raw| match StreamRecord::decode_only(raw, wanted.as_deref()) {
+                    // A stream's failure identifiers are sequence numbers (Lambda
+                    // checkpoints at the lowest): never an eventID. A record without one
+                    // that cannot be dead-lettered fails the whole invocation.
                     Err(error) => Decoded::Reject {
-                        id: StreamRecord::salvage_id(raw),
+                        id: StreamRecord::salvage_id(raw)
+                            .filter(|id| crate::adapters::dead_letter::is_sequence_number(id)),
                         error,
                     },
                     Ok(mut record) => {
