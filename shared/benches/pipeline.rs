@@ -45,6 +45,7 @@ fn main() {
             publisher: Arc::new(NullPublisher),
             dead_letter: Arc::new(NullDeadLetter),
         },
+        emf: tidemark::metrics::EmfOut::Stdout,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

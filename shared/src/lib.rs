@@ -12,6 +12,7 @@ pub mod config;
 pub mod ddb;
 pub mod error;
 pub mod invalidation;
+pub mod lag;
 pub mod lambda;
 pub mod logging;
 pub mod message;

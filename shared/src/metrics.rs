@@ -24,6 +24,10 @@ pub enum Dim {
     Rule,
     Action,
     Event,
+    /// Origin region of the write that won a last-writer-wins conflict.
+    WinningRegion,
+    /// Origin region of the write that was overwritten.
+    LosingRegion,
 }
 
 impl Dim {
@@ -36,6 +40,8 @@ impl Dim {
             Dim::Rule => "Rule",
             Dim::Action => "Action",
             Dim::Event => "Event",
+            Dim::WinningRegion => "WinningRegion",
+            Dim::LosingRegion => "LosingRegion",
         }
     }
 }
@@ -74,6 +80,9 @@ pub enum Metric {
     InvalidationAge,
     CacheFailures,
     ReplicationLag,
+    DeliveryDelay,
+    EndToEndLag,
+    ConcurrentWriteConflict,
     HeartbeatAge,
     HeartbeatsWritten,
     ResidencyViolations,
@@ -174,9 +183,9 @@ pub const CATALOG: &[Spec] = &[
         metric: Metric::InvalidationAge,
         name: "InvalidationAge",
         unit: Unit::Milliseconds,
-        dimensions: &[Function],
+        dimensions: &[Source, SourceRegion],
         high_resolution: false,
-        help: "change time → cache delete",
+        help: "change time in the origin region (SourceRegion) → cache delete here",
     },
     Spec {
         metric: Metric::CacheFailures,
@@ -192,7 +201,31 @@ pub const CATALOG: &[Spec] = &[
         unit: Unit::Milliseconds,
         dimensions: &[Source, SourceRegion, DestinationRegion],
         high_resolution: false,
-        help: "write in the source region → record in the destination region",
+        help: "write in the source region (written_at) → applied by this region's replica (the stream's ApproximateCreationDateTime, 1 s resolution); SourceRegion = DestinationRegion is the local write-to-stream delay",
+    },
+    Spec {
+        metric: Metric::DeliveryDelay,
+        name: "DeliveryDelay",
+        unit: Unit::Milliseconds,
+        dimensions: &[Source, DestinationRegion],
+        high_resolution: false,
+        help: "applied by this region's replica (ApproximateCreationDateTime) → processed by the stream-processor",
+    },
+    Spec {
+        metric: Metric::EndToEndLag,
+        name: "EndToEndLag",
+        unit: Unit::Milliseconds,
+        dimensions: &[Source, SourceRegion, DestinationRegion],
+        high_resolution: false,
+        help: "write in the source region (written_at) → processed by this region's stream-processor (ms precision)",
+    },
+    Spec {
+        metric: Metric::ConcurrentWriteConflict,
+        name: "ConcurrentWriteConflict",
+        unit: Unit::Count,
+        dimensions: &[Source, WinningRegion, LosingRegion],
+        high_resolution: false,
+        help: "writes from two regions closer in time than the replication lag between them; counted in the losing region",
     },
     Spec {
         metric: Metric::HeartbeatAge,
@@ -264,6 +297,18 @@ impl Metrics {
     /// Records one value. The dimensions must be exactly the catalog's for this metric;
     /// a mismatch is a programming error caught by tests, and is dropped in release.
     pub fn put(&mut self, metric: Metric, dims: &[(Dim, &str)], value: f64) {
+        self.put_many(metric, dims, std::iter::once(value));
+    }
+
+    /// Records several values of one metric under one set of dimension values (a value
+    /// array in EMF, so CloudWatch keeps every sample and percentiles work). One lookup for
+    /// all of them: stages that measure every record collect per batch and call this once.
+    pub fn put_many(
+        &mut self,
+        metric: Metric,
+        dims: &[(Dim, &str)],
+        values: impl IntoIterator<Item = f64>,
+    ) {
         let spec = metric.spec();
         let ok = dims.len() == spec.dimensions.len()
             && dims.iter().zip(spec.dimensions).all(|((d, _), s)| d == s);
@@ -272,7 +317,11 @@ impl Metrics {
             "dimensions of {} must be {:?}",
             spec.name, spec.dimensions
         );
-        if !ok || !value.is_finite() {
+        if !ok {
+            return;
+        }
+        let mut values = values.into_iter().filter(|v| v.is_finite()).peekable();
+        if values.peek().is_none() {
             return;
         }
         let key: DimKey = dims.iter().map(|(d, v)| (*d, (*v).to_owned())).collect();
@@ -281,7 +330,7 @@ impl Metrics {
             .or_default()
             .entry(metric)
             .or_default()
-            .push(value);
+            .extend(values);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -360,6 +409,28 @@ impl Metrics {
             tracing::error!(error = %e, "cannot write metrics");
         }
     }
+
+    /// Writes every document where `out` says (stdout in Lambda).
+    pub fn flush_into(&mut self, out: &EmfOut) {
+        match out {
+            EmfOut::Stdout => self.flush_stdout(),
+            EmfOut::Captured(docs) => {
+                let now = crate::now_ms();
+                let new = self.drain_documents(now);
+                docs.lock().unwrap_or_else(|e| e.into_inner()).extend(new);
+            }
+        }
+    }
+}
+
+/// Where a handler's EMF documents go. In Lambda: stdout, from which CloudWatch Logs
+/// extracts the metrics. `Captured` keeps them in memory instead, for a caller that runs
+/// handlers in-process and reads their metrics back (the test harness does).
+#[derive(Debug, Clone, Default)]
+pub enum EmfOut {
+    #[default]
+    Stdout,
+    Captured(std::sync::Arc<std::sync::Mutex<Vec<Value>>>),
 }
 
 #[cfg(test)]
@@ -417,12 +488,10 @@ mod tests {
     #[test]
     fn more_than_100_values_split_documents() {
         let mut m = Metrics::new("T");
-        for i in 0..250 {
-            m.put(
-                Metric::InvalidationAge,
-                &[(Dim::Function, "ci")],
-                f64::from(i),
-            );
+        let d = [(Dim::Source, "users"), (Dim::SourceRegion, "us-east-1")];
+        m.put_many(Metric::InvalidationAge, &d, (0..200).map(f64::from));
+        for i in 200..250 {
+            m.put(Metric::InvalidationAge, &d, f64::from(i));
         }
         let docs = m.drain_documents(0);
         assert_eq!(docs.len(), 3);
@@ -430,5 +499,26 @@ mod tests {
             docs.iter()
                 .all(|d| d["InvalidationAge"].as_array().unwrap().len() <= MAX_VALUES)
         );
+        // Every value is kept, in order (percentiles need every sample).
+        let all: Vec<f64> = docs
+            .iter()
+            .flat_map(|d| d["InvalidationAge"].as_array().unwrap().clone())
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(all, (0..250).map(f64::from).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn non_finite_values_are_dropped_and_an_empty_put_emits_nothing() {
+        let mut m = Metrics::new("T");
+        let d = [
+            (Dim::Source, "users"),
+            (Dim::DestinationRegion, "eu-west-1"),
+        ];
+        m.put_many(Metric::DeliveryDelay, &d, [f64::NAN, f64::INFINITY]);
+        m.put_many(Metric::DeliveryDelay, &d, []);
+        assert!(m.is_empty());
+        m.put_many(Metric::DeliveryDelay, &d, [f64::NAN, 5.0]);
+        assert_eq!(m.drain_documents(0)[0]["DeliveryDelay"], 5.0);
     }
 }

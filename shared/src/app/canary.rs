@@ -10,8 +10,9 @@ use crate::config::{Bucket, Config, KeyType, Table};
 use crate::metrics::{Dim, Metric, Metrics};
 
 pub const FUNCTION: &str = "replication-canary";
-/// Attribute / metadata holding the heartbeat's write time (epoch ms).
-pub const WRITTEN_AT: &str = "tidemark_written_at_ms";
+/// Attribute / metadata holding the heartbeat's write time (epoch ms); the stream-processor
+/// measures replication lag from it.
+pub const WRITTEN_AT: &str = crate::lag::HEARTBEAT_WRITTEN_AT;
 
 #[derive(Debug)]
 pub struct Canary {

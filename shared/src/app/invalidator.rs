@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use crate::ddb::split_batch;
 use crate::error::StageError;
 use crate::message::Invalidation;
-use crate::metrics::{Dim, Metric, Metrics};
+use crate::metrics::{Dim, EmfOut, Metric, Metrics};
 use crate::pipeline::{self, Context, Decoded, Stage};
 use crate::ports::{Cache, DeadLetter};
 use crate::sqs::{SqsRecord, unwrap_sns};
@@ -19,6 +19,8 @@ pub struct Invalidator {
     pub namespace: String,
     pub cache: Arc<dyn Cache>,
     pub dead_letter: Arc<dyn DeadLetter>,
+    /// Where EMF documents go (stdout in Lambda).
+    pub emf: EmfOut,
 }
 
 impl std::fmt::Debug for Invalidator {
@@ -33,7 +35,8 @@ struct CacheStage<'a> {
     cache: &'a dyn Cache,
     keys: Vec<String>,
     seen: std::collections::HashSet<String>,
-    records: Vec<(usize, u64)>,
+    /// Per message: its index, change time, source and origin region.
+    records: Vec<(usize, u64, String, String)>,
 }
 
 impl Stage<Invalidation> for CacheStage<'_> {
@@ -47,7 +50,12 @@ impl Stage<Invalidation> for CacheStage<'_> {
                 self.keys.push(k.clone());
             }
         }
-        self.records.push((index, m.changed_at_ms));
+        self.records.push((
+            index,
+            m.changed_at_ms,
+            m.source.clone(),
+            m.origin_region.clone(),
+        ));
         Ok(())
     }
 
@@ -61,11 +69,17 @@ impl Stage<Invalidation> for CacheStage<'_> {
                 Ok(existed) => {
                     let now = crate::now_ms();
                     metrics.put(Metric::KeysInvalidated, &f, self.keys.len() as f64);
-                    for (_, changed_at) in &self.records {
+                    // Per (source, origin region): how stale a cache here can be for
+                    // writes made in that region.
+                    for (_, changed_at, source, origin) in &self.records {
                         if *changed_at > 0 {
+                            let d = [
+                                (Dim::Source, source.as_str()),
+                                (Dim::SourceRegion, origin.as_str()),
+                            ];
                             metrics.put(
                                 Metric::InvalidationAge,
-                                &f,
+                                &d,
                                 now.saturating_sub(*changed_at) as f64,
                             );
                         }
@@ -83,7 +97,7 @@ impl Stage<Invalidation> for CacheStage<'_> {
                     tracing::warn!(error = %e, keys = self.keys.len(), "cache unavailable; messages will be retried");
                     self.records
                         .iter()
-                        .map(|(i, _)| (*i, StageError::Port(e.clone())))
+                        .map(|(i, ..)| (*i, StageError::Port(e.clone())))
                         .collect()
                 }
             }
@@ -133,7 +147,7 @@ impl crate::lambda::BatchHandler for Invalidator {
             &mut metrics,
         )
         .await;
-        metrics.flush_stdout();
+        metrics.flush_into(&self.emf);
         report.failed_ids()
     }
 }
@@ -203,6 +217,7 @@ impl Invalidator {
             namespace: config.deployment.namespace.clone(),
             cache: Arc::new(RedisCache::new(settings)),
             dead_letter: super::sqs_dead_letter(&sdk)?,
+            emf: EmfOut::Stdout,
         })
     }
 }

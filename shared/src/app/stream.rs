@@ -8,7 +8,8 @@ use crate::config::Config;
 use crate::ddb::{StreamRecord, split_batch, table_from_arn};
 use crate::error::DecodeError;
 use crate::invalidation::{InvalidationStage, TableChange};
-use crate::metrics::Metrics;
+use crate::lag::{HEARTBEAT_WRITTEN_AT, LagStage};
+use crate::metrics::{EmfOut, Metrics};
 use crate::pipeline::{self, Context, Decoded};
 
 pub const FUNCTION: &str = "stream-processor";
@@ -18,6 +19,8 @@ pub struct StreamProcessor {
     pub config: Config,
     pub region: String,
     pub ports: Ports,
+    /// Where EMF documents go (stdout in Lambda).
+    pub emf: EmfOut,
 }
 
 impl crate::lambda::BatchHandler for StreamProcessor {
@@ -27,13 +30,18 @@ impl crate::lambda::BatchHandler for StreamProcessor {
         let mut metrics = Metrics::new(&self.config.deployment.namespace);
         let mut invalidation =
             InvalidationStage::new(self.ports.publisher.as_ref(), FUNCTION, &self.region);
+        let mut lag = LagStage::new(&self.config, &self.region, crate::now_ms());
         let prefix = self.config.deployment.heartbeat_prefix.as_str();
         let config = &self.config;
         // One mapping per table: decode only the attributes that table declares (keys,
-        // template and rule attributes); everything else in the images is skipped.
-        let wanted: Option<Vec<String>> = config
-            .table(&source)
-            .map(|t| t.declared().map(str::to_owned).collect());
+        // template, rule and app attributes) and the heartbeat's write time; everything
+        // else in the images is skipped.
+        let wanted: Option<Vec<String>> = config.table(&source).map(|t| {
+            t.declared()
+                .chain(std::iter::once(HEARTBEAT_WRITTEN_AT))
+                .map(str::to_owned)
+                .collect()
+        });
         let decode =
             pipeline::decoder(
                 |raw| match StreamRecord::decode_only(raw, wanted.as_deref()) {
@@ -94,12 +102,12 @@ impl crate::lambda::BatchHandler for StreamProcessor {
             ctx,
             &raws,
             decode,
-            &mut [&mut invalidation],
+            &mut [&mut invalidation, &mut lag],
             self.ports.dead_letter.as_ref(),
             &mut metrics,
         )
         .await;
-        metrics.flush_stdout();
+        metrics.flush_into(&self.emf);
         report.failed_ids()
     }
 }
@@ -123,6 +131,7 @@ impl StreamProcessor {
             config,
             region,
             ports: super::stream_ports(&sdk).await?,
+            emf: EmfOut::Stdout,
         })
     }
 }
