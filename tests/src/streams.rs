@@ -123,9 +123,11 @@ impl EchoFilter {
     }
 }
 
-/// Per item: the write time of the newest version applied anywhere (last writer wins).
+/// Per (region, table, item key): the write time of the version that region's replica
+/// holds, from local writes and applied replications. An incoming write older than it
+/// loses (last writer wins, decided by each replica as DynamoDB does).
 #[derive(Default, Debug)]
-pub struct Versions(Mutex<HashMap<(String, String), u64>>);
+pub struct Versions(Mutex<HashMap<(String, String, String), u64>>);
 
 /// Text of a record's image for echo detection.
 pub fn image_text(r: &Record) -> (String, String) {
@@ -187,6 +189,11 @@ impl Replicator {
         }
     }
 
+    /// Replication delay of this direction from now on.
+    pub fn set_delay(&mut self, delay: Duration) {
+        self.delay = delay;
+    }
+
     /// Pulls new changes and applies those whose delay has passed. Returns how many are
     /// still waiting (paused ones included).
     pub async fn step(&mut self) -> Result<usize> {
@@ -194,6 +201,13 @@ impl Replicator {
             let (key, image) = image_text(&r);
             if self.echoes.is_echo(&self.from, &key, &image) {
                 continue; // a write this harness replicated into `from`: never send it back
+            }
+            // A local write in `from`: remember the time of the version `from` now holds,
+            // so an older write from another region that arrives later loses there.
+            let t = self.write_time(&r);
+            {
+                let mut v = self.versions.0.lock().unwrap_or_else(|e| e.into_inner());
+                v.insert((self.from.clone(), self.table.clone(), key), t);
             }
             self.pending.push_back((Instant::now(), r));
         }
@@ -233,7 +247,9 @@ impl Replicator {
         let t = self.write_time(r);
         {
             let mut v = self.versions.0.lock().unwrap_or_else(|e| e.into_inner());
-            let slot = v.entry((self.table.clone(), key.clone())).or_insert(0);
+            let slot = v
+                .entry((self.to.clone(), self.table.clone(), key.clone()))
+                .or_insert(0);
             if t < *slot {
                 return Ok(()); // an older write lost to a newer one (last writer wins)
             }

@@ -5,8 +5,8 @@
 //! it, so tests run in parallel against the same emulators.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -131,6 +131,8 @@ pub struct RegionWorld {
     /// Whether `step` drives this region's stream mapping.
     pub stream_enabled: bool,
     pub feed: EventFeed,
+    /// EMF documents of the in-process handlers, by function name (binaries print theirs).
+    pub captured_emf: Vec<(String, Arc<Mutex<Vec<serde_json::Value>>>)>,
 }
 
 pub struct World {
@@ -236,6 +238,7 @@ impl World {
             let gated_url = format!("redis://{}", cache_gate.addr);
 
             let mut binaries = Vec::new();
+            let mut captured_emf = Vec::new();
             let (stream_processor, object_processor, invalidator): (
                 Arc<dyn Invoke>,
                 Arc<dyn Invoke>,
@@ -308,6 +311,7 @@ impl World {
                             publisher: publisher.clone(),
                             dead_letter: Arc::new(s3_dl),
                         },
+                        emf: capture(&mut captured_emf, "stream-processor"),
                     };
                     let op = tidemark::app::object::ObjectProcessor {
                         config: config.clone(),
@@ -338,6 +342,7 @@ impl World {
                             queue_dlq_url.clone(),
                             None,
                         )),
+                        emf: capture(&mut captured_emf, "cache-invalidator"),
                     };
                     (
                         Arc::new(InProcess::new("stream-processor", sp)),
@@ -414,6 +419,7 @@ impl World {
                 object_mapping,
                 stream_enabled: !(options.naive_wiring && r == "eu-west-1"),
                 feed,
+                captured_emf,
             });
         }
 
@@ -702,14 +708,43 @@ impl World {
         Ok(bodies)
     }
 
+    /// EMF documents `function` printed in `region` so far (binaries or in-process).
     pub fn emf(&self, region: &str, function: &str) -> Vec<serde_json::Value> {
-        self.region(region)
+        let r = self.region(region);
+        let mut docs: Vec<serde_json::Value> = r
             .binaries
             .iter()
             .filter(|b| b.name().starts_with(function))
             .flat_map(|b| b.emf())
-            .collect()
+            .collect();
+        for (name, captured) in &r.captured_emf {
+            if name.starts_with(function) {
+                docs.extend(captured.lock().unwrap_or_else(|e| e.into_inner()).clone());
+            }
+        }
+        docs
     }
+
+    /// Sets the replication delay of one direction (tables); others keep theirs.
+    pub fn set_replication_delay(&mut self, from: &str, to: &str, delay: Duration) {
+        for r in self
+            .replicators
+            .iter_mut()
+            .filter(|r| r.from == from && r.to == to)
+        {
+            r.set_delay(delay);
+        }
+    }
+}
+
+/// A capture for an in-process handler's EMF documents, remembered under `function`.
+fn capture(
+    captured: &mut Vec<(String, Arc<Mutex<Vec<serde_json::Value>>>)>,
+    function: &str,
+) -> tidemark::metrics::EmfOut {
+    let docs = Arc::new(Mutex::new(Vec::new()));
+    captured.push((function.to_owned(), docs.clone()));
+    tidemark::metrics::EmfOut::Captured(docs)
 }
 
 /// Which parts of the world `step` drives.

@@ -1057,3 +1057,231 @@ async fn bad_configuration_fails_init_naming_the_field() -> Result<()> {
     }
     Ok(())
 }
+
+// ------------------------------------------------------------------ replication lag and conflicts
+
+const US: &str = "us-east-1";
+const EU: &str = "eu-west-1";
+/// Injected replication delays: fast one way, slow the other.
+const FAST: Duration = Duration::from_millis(200); // us-east-1 → eu-west-1
+const SLOW: Duration = Duration::from_secs(1); // eu-west-1 → us-east-1
+
+/// A world whose table replication takes 200 ms from us-east-1 and 1 s from eu-west-1.
+async fn asymmetric_world() -> Result<World> {
+    let mut w = World::start(Options::default()).await?;
+    w.set_replication_delay(US, EU, FAST);
+    w.set_replication_delay(EU, US, SLOW);
+    Ok(w)
+}
+
+/// Every value of `metric` in `docs` whose dimensions include `dims` (EMF value arrays
+/// flattened).
+fn metric_values(docs: &[Value], metric: &str, dims: &[(&str, &str)]) -> Vec<f64> {
+    docs.iter()
+        .filter(|d| dims.iter().all(|(k, v)| d[*k] == *v))
+        .filter_map(|d| d.get(metric))
+        .flat_map(|v| match v {
+            Value::Array(a) => a.clone(),
+            v => vec![v.clone()],
+        })
+        .filter_map(|v| v.as_f64())
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Sleeps until `offset_ms` past the next full second of the wall clock.
+async fn at_second_offset(offset_ms: u64) {
+    let now = tidemark::now_ms();
+    let wait = 1000 - now % 1000 + offset_ms;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+}
+
+/// Writes from both regions, each round just after a full second, so that ACDT (rounded
+/// down to the second) tells a 200 ms delay (same second) from a 1 s one (next second).
+async fn lag_workload(w: &mut World) -> Result<()> {
+    for i in 0..3 {
+        at_second_offset(10).await;
+        w.put_user(US, &format!("from-us-{i}"), &format!("us{i}@example.com"))
+            .await?;
+        w.put_user(EU, &format!("from-eu-{i}"), &format!("eu{i}@example.com"))
+            .await?;
+        w.settle().await?;
+    }
+    // Replicated and invalidated everywhere (real state, not counters).
+    for region in [US, EU] {
+        assert_eq!(
+            w.get_user(region, "from-eu-2").await?.as_deref(),
+            Some("eu2@example.com")
+        );
+        assert_eq!(
+            w.get_user(region, "from-us-2").await?.as_deref(),
+            Some("us2@example.com")
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn injected_delays_of_200ms_and_1s_are_told_apart_per_region_pair() -> Result<()> {
+    let mut w = asymmetric_world().await?;
+    lag_workload(&mut w).await?;
+    let table = w.table.clone();
+    let pair = |from: &'static str, to: &'static str| {
+        let docs = w.emf(to, "stream-processor");
+        let d = [
+            ("Source", table.as_str()),
+            ("SourceRegion", from),
+            ("DestinationRegion", to),
+        ];
+        (
+            metric_values(&docs, "ReplicationLag", &d),
+            metric_values(&docs, "EndToEndLag", &d),
+        )
+    };
+    let (fast_lag, fast_e2e) = pair(US, EU);
+    let (slow_lag, slow_e2e) = pair(EU, US);
+    assert_eq!(fast_lag.len(), 3, "one sample per write: {fast_lag:?}");
+    assert_eq!(slow_lag.len(), 3, "one sample per write: {slow_lag:?}");
+    // Written ~10 ms past a second: 200 ms later is the same second (ACDT − written_at
+    // reads 0), 1 s later is the next one (≈ 990 ms). ACDT's 1 s resolution bounds each
+    // sample to [delay − 1 s, delay]; end-to-end has ms precision and is ≥ the delay.
+    assert!(fast_lag.iter().all(|l| *l < 500.0), "{fast_lag:?}");
+    assert!(slow_lag.iter().all(|l| *l >= 900.0), "{slow_lag:?}");
+    assert!(fast_e2e.iter().all(|l| *l >= 200.0), "{fast_e2e:?}");
+    assert!(slow_e2e.iter().all(|l| *l >= 1000.0), "{slow_e2e:?}");
+    assert!(median(fast_e2e.clone()) < median(slow_e2e.clone()));
+    // Local writes are their own pair (the local write-to-stream delay).
+    for region in [US, EU] {
+        let docs = w.emf(region, "stream-processor");
+        let local = metric_values(
+            &docs,
+            "ReplicationLag",
+            &[("SourceRegion", region), ("DestinationRegion", region)],
+        );
+        assert_eq!(local.len(), 3, "{region}: {local:?}");
+        assert!(local.iter().all(|l| *l < 500.0), "{region}: {local:?}");
+        assert!(
+            !metric_values(&docs, "DeliveryDelay", &[("DestinationRegion", region)]).is_empty()
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn invalidation_age_per_origin_reflects_the_injected_delay() -> Result<()> {
+    let mut w = asymmetric_world().await?;
+    lag_workload(&mut w).await?;
+    let table = w.table.clone();
+    let age = |region: &str, origin: &str| {
+        metric_values(
+            &w.emf(region, "cache-invalidator"),
+            "InvalidationAge",
+            &[("Source", table.as_str()), ("SourceRegion", origin)],
+        )
+    };
+    let fast = age(EU, US); // us-east-1's writes, invalidated in eu-west-1
+    let slow = age(US, EU); // eu-west-1's writes, invalidated in us-east-1
+    assert!(!fast.is_empty() && !slow.is_empty(), "{fast:?} {slow:?}");
+    assert!(fast.iter().all(|a| *a >= 200.0), "{fast:?}");
+    assert!(slow.iter().all(|a| *a >= 1000.0), "{slow:?}");
+    assert!(
+        median(fast.clone()) < median(slow.clone()),
+        "{fast:?} {slow:?}"
+    );
+    // Each region's own writes are their own origin, and faster than the peer's.
+    for (region, peer) in [(US, EU), (EU, US)] {
+        let local = age(region, region);
+        assert!(!local.is_empty(), "{region}");
+        assert!(
+            median(local.clone()) < median(age(region, peer)),
+            "{region}"
+        );
+    }
+    Ok(())
+}
+
+fn conflicts(w: &World, region: &str, winner: &str, loser: &str) -> f64 {
+    metric_values(
+        &w.emf(region, "stream-processor"),
+        "ConcurrentWriteConflict",
+        &[
+            ("Source", w.table.as_str()),
+            ("WinningRegion", winner),
+            ("LosingRegion", loser),
+        ],
+    )
+    .iter()
+    .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn concurrent_writes_from_both_regions_conflict_in_the_losing_region_only() -> Result<()> {
+    let mut w = asymmetric_world().await?;
+    // us-east-1 writes first, eu-west-1 a few ms later, before either has the other's write.
+    w.put_user(US, "both", "us@example.com").await?;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    w.put_user(EU, "both", "eu@example.com").await?;
+    w.settle().await?;
+    // Last writer wins in both replicas.
+    for region in [US, EU] {
+        assert_eq!(
+            w.get_user(region, "both").await?.as_deref(),
+            Some("eu@example.com"),
+            "{region}"
+        );
+    }
+    assert_eq!(
+        conflicts(&w, US, EU, US),
+        1.0,
+        "the losing region counts it"
+    );
+    assert_eq!(conflicts(&w, EU, EU, US) + conflicts(&w, EU, US, EU), 0.0);
+    assert_eq!(conflicts(&w, US, US, EU), 0.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn sequential_writes_from_two_regions_are_no_conflict() -> Result<()> {
+    let mut w = asymmetric_world().await?;
+    w.put_user(US, "seq", "us@example.com").await?;
+    let first = tidemark::now_ms();
+    w.settle().await?;
+    assert_eq!(
+        w.get_user(EU, "seq").await?.as_deref(),
+        Some("us@example.com"),
+        "eu-west-1 has us-east-1's write before writing its own"
+    );
+    // Further apart than the slowest lag between the two, with ACDT's second on top.
+    let wait = (first + 3_000).saturating_sub(tidemark::now_ms());
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    w.put_user(EU, "seq", "eu@example.com").await?;
+    w.settle().await?;
+    for region in [US, EU] {
+        assert_eq!(
+            w.get_user(region, "seq").await?.as_deref(),
+            Some("eu@example.com"),
+            "{region}"
+        );
+    }
+    for region in [US, EU] {
+        for (a, b) in [(US, EU), (EU, US)] {
+            assert_eq!(conflicts(&w, region, a, b), 0.0, "{region}");
+        }
+    }
+    // The overwrite did reach us-east-1's stream-processor (so "no conflict" is a finding).
+    let seen = metric_values(
+        &w.emf(US, "stream-processor"),
+        "ReplicationLag",
+        &[("SourceRegion", EU), ("DestinationRegion", US)],
+    );
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    Ok(())
+}
