@@ -442,7 +442,7 @@ mod tests {
 
     const CONFIG: &str = r#"
 [deployment]
-regions = ["us-east-1", "eu-west-1"]
+regions = ["us-east-1", "eu-west-1", "ap-southeast-2"]
 [residency]
 unmatched = "anywhere"
 [[tables]]
@@ -609,10 +609,12 @@ app_attributes = { origin_region = "origin", written_at_ms = "at" }
             ),
             [1.0]
         );
-        // The same MODIFY in a third region (old image not written there) is no conflict of
-        // its own; nor is a local write over a replicated one.
-        let (_, c) = run(&config, "eu-west-1", 1_700_000_001_300, &raws).await;
-        assert!(c.is_empty());
+        // The same MODIFY in a third region is no conflict of its own (its write did not
+        // lose), nor in the winner's region (a local write over a replicated one).
+        for region in ["ap-southeast-2", "eu-west-1"] {
+            let (_, c) = run(&config, region, 1_700_000_001_300, &raws).await;
+            assert!(c.is_empty(), "{region}");
+        }
     }
 
     #[tokio::test]
