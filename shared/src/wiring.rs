@@ -239,6 +239,25 @@ fn resources(config: &Config) -> String {
             );
         }
     }
+    // One lag alarm per table that emits ReplicationLag (heartbeats, or both app
+    // attributes) and peer, on the catalog's exact dimension set; p99 needs every sample
+    // (EMF value arrays), and no samples means no writes from that peer (not breaching:
+    // silence is the stall alarm's job).
+    for t in config.tables.iter().filter(|t| {
+        t.canary.enabled
+            || (t.app_attributes.origin_region.is_some()
+                && t.app_attributes.written_at_ms.is_some())
+    }) {
+        let name = &t.name;
+        for r in &d.regions {
+            let _ = write!(
+                s,
+                "  ReplicationLag{ls}From{lr}:\n    Type: AWS::CloudWatch::Alarm\n    Condition: Peer{lr}\n    Properties:\n      AlarmName: !Sub \"tidemark-${{AWS::Region}}-replication-lag-{name}-from-{r}\"\n      AlarmDescription: !Sub \"Replication of {name} from {r} into ${{AWS::Region}} is slow (p99 ReplicationLag). Runbook: README.md#runbook-replicationlag\"\n      Namespace: !FindInMap [Tidemark, Settings, Namespace]\n      MetricName: ReplicationLag\n      Dimensions:\n        - {{ Name: Source, Value: {name} }}\n        - {{ Name: SourceRegion, Value: {r} }}\n        - {{ Name: DestinationRegion, Value: !Ref AWS::Region }}\n      ExtendedStatistic: p99\n      Period: 300\n      EvaluationPeriods: 2\n      Threshold: !Ref LagAlarmMilliseconds\n      ComparisonOperator: GreaterThanThreshold\n      TreatMissingData: notBreaching\n      AlarmActions: [!Ref AlertTopic]\n      OKActions: [!Ref AlertTopic]\n\n",
+                ls = logical(name),
+                lr = logical(r),
+            );
+        }
+    }
     while s.ends_with("\n\n") {
         s.pop();
     }
@@ -477,6 +496,8 @@ mod tests {
             "HeartbeatStallMediaFromApSouth1:",
             "HeartbeatStallOrdersFromEuWest1:",
             "HeartbeatStallAssetsFromUsEast1:",
+            "ReplicationLagOrdersFromApSouth1:",
+            "ReplicationLagUsersFromEuWest1:",
             "sns:ap-south-1:${AWS::AccountId}:tidemark-invalidations-ap-south-1",
             "PeerApSouth1: !Not [!Equals [!Ref AWS::Region, ap-south-1]]",
         ] {
