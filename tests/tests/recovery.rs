@@ -249,6 +249,7 @@ async fn stream_processor_without_store(
             config,
             region: REGION.into(),
             ports,
+            emf: tidemark::metrics::EmfOut::Stdout,
         },
         table,
     ))
