@@ -28,6 +28,10 @@ pub struct ProxyState {
     pub calls: Mutex<HashMap<String, usize>>,
     /// Request body sizes per operation (for message-size assertions).
     pub bodies: Mutex<HashMap<String, Vec<usize>>>,
+    /// Operations whose request bodies are kept whole (see [`Proxy::keep_bodies`]).
+    pub keep: Mutex<HashSet<String>>,
+    /// Kept request bodies per operation, in arrival order.
+    pub kept: Mutex<HashMap<String, Vec<Vec<u8>>>>,
     /// (bucket, key) whose current version is a replica.
     pub replicas: Mutex<HashSet<(String, String)>>,
 }
@@ -101,6 +105,26 @@ impl Proxy {
             .unwrap_or_default()
     }
 
+    /// Keeps the whole request bodies of `operation` from now on.
+    pub fn keep_bodies(&self, operation: &str) {
+        self.state
+            .keep
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(operation.to_owned());
+    }
+
+    /// The kept request bodies of `operation`.
+    pub fn kept_bodies(&self, operation: &str) -> Vec<Vec<u8>> {
+        self.state
+            .kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(operation)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub fn mark_replica(&self, bucket: &str, key: &str) {
         self.state
             .replicas
@@ -146,6 +170,18 @@ async fn serve(sock: TcpStream, s: Arc<ProxyState>, upstream: String) -> Result<
             .entry(op.clone())
             .or_default()
             .push(req.body.len());
+        if s.keep
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&op)
+        {
+            s.kept
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(op.clone())
+                .or_default()
+                .push(req.body.clone());
+        }
         let fault = {
             let mut faults = s.faults.lock().unwrap_or_else(|e| e.into_inner());
             let hit = faults

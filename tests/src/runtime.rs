@@ -381,14 +381,20 @@ impl<H: tidemark::lambda::BatchHandler + Send + 'static> Invoke for InProcess<H>
 
     fn invoke(&self, payload: String) -> BoxFuture<'_, Result<InvokeResult>> {
         let handler = self.handler.clone();
-        Box::pin(async move {
-            Ok(match handler.handle(&payload).await {
-                Ok(ids) => InvokeResult::Ok(serde_json::json!({
-                    "batchItemFailures": ids.into_iter().map(|i| serde_json::json!({"itemIdentifier": i})).collect::<Vec<_>>()
-                })),
-                Err(e) => InvokeResult::Error(e),
-            })
-        })
+        // The span names the function (and its region) on every log line of the invocation,
+        // as a binary's own stderr would.
+        let span = tracing::info_span!("invoke", function = %self.name);
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                Ok(match handler.handle(&payload).await {
+                    Ok(ids) => InvokeResult::Ok(serde_json::json!({
+                        "batchItemFailures": ids.into_iter().map(|i| serde_json::json!({"itemIdentifier": i})).collect::<Vec<_>>()
+                    })),
+                    Err(e) => InvokeResult::Error(e),
+                })
+            },
+            span,
+        ))
     }
 }
 

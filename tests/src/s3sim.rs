@@ -6,6 +6,10 @@
 //! * [`EventFeed`] turns `ListObjectVersions` differences into the events AWS would send,
 //!   with `versionId` and `sequencer`: EventBridge `Object Created` / `Object Deleted`
 //!   (raw keys) or S3 notifications (form-encoded keys), delivered to a queue.
+//!
+//! A notification's key comes from [`NOTIFICATION_KEYS`], written out by hand, never from
+//! Tidemark's own encoder: a harness that encoded with the code under test could not show
+//! a mismatch with what S3 sends.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,6 +19,34 @@ use serde_json::json;
 
 use crate::aws::RegionClients;
 use crate::proxy::Proxy;
+
+/// Object keys as S3 event notifications carry them. AWS documents the key as URL encoded
+/// in `application/x-www-form-urlencoded` form, with the example "red flower.jpg" →
+/// "red+flower.jpg" (S3 User Guide, "Event message structure"): a space is `+`, so a `+` in
+/// the key is `%2B`, `%` is `%25`, non-ASCII is percent-encoded UTF-8, `/` stays.
+pub const NOTIFICATION_KEYS: &[(&str, &str)] = &[
+    ("red flower.jpg", "red+flower.jpg"),
+    ("a+b.txt", "a%2Bb.txt"),
+    ("100%/x.png", "100%25/x.png"),
+    ("dir/é 日本.txt", "dir/%C3%A9+%E6%97%A5%E6%9C%AC.txt"),
+];
+
+/// The key as a notification carries it: from [`NOTIFICATION_KEYS`], or unchanged when it
+/// holds only characters no encoding touches.
+pub fn notification_key(key: &str) -> Result<String> {
+    if let Some((_, encoded)) = NOTIFICATION_KEYS.iter().find(|(k, _)| *k == key) {
+        return Ok((*encoded).to_owned());
+    }
+    if key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+    {
+        return Ok(key.to_owned());
+    }
+    anyhow::bail!(
+        "no documented notification encoding for key {key:?}: add it to NOTIFICATION_KEYS"
+    )
+}
 
 /// (key, version id) pairs the replicators wrote, per bucket: never replicated back.
 pub type ReplicaSet = Arc<Mutex<HashSet<(String, String, String)>>>;
@@ -246,7 +278,7 @@ impl EventFeed {
         let n = events.len();
         for (key, version, what) in events {
             self.sequencer += 1;
-            let body = self.event(&key, &version, what);
+            let body = self.event(&key, &version, what)?;
             self.clients
                 .sqs
                 .send_message()
@@ -258,7 +290,7 @@ impl EventFeed {
         Ok(n)
     }
 
-    fn event(&self, key: &str, version: &str, what: &str) -> String {
+    fn event(&self, key: &str, version: &str, what: &str) -> Result<String> {
         let sequencer = format!("{:018X}", self.sequencer);
         let time = "2026-11-22T12:00:00.000Z";
         match self.shape {
@@ -279,12 +311,12 @@ impl EventFeed {
                 if let Some(d) = deletion {
                     detail["deletion-type"] = json!(d);
                 }
-                json!({
+                Ok(json!({
                     "version": "0", "id": format!("ev-{}-{sequencer}", self.bucket), "detail-type": detail_type,
                     "source": "aws.s3", "account": "123456789012", "time": time, "region": self.clients.region,
                     "resources": [format!("arn:aws:s3:::{}", self.bucket)], "detail": detail,
                 })
-                .to_string()
+                .to_string())
             }
             Shape::Notification => {
                 let name = match what {
@@ -292,14 +324,15 @@ impl EventFeed {
                     "marker" => "ObjectRemoved:DeleteMarkerCreated",
                     _ => "ObjectRemoved:Delete",
                 };
-                json!({"Records": [{
+                let key = notification_key(key)?;
+                Ok(json!({"Records": [{
                     "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": self.clients.region, "eventTime": time,
                     "eventName": name, "userIdentity": {"principalId": "harness"},
                     "responseElements": {"x-amz-request-id": format!("req-{sequencer}")},
                     "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": self.bucket, "arn": format!("arn:aws:s3:::{}", self.bucket)},
-                           "object": {"key": tidemark::objects::encode_form_key(key), "versionId": version, "sequencer": sequencer}},
+                           "object": {"key": key, "versionId": version, "sequencer": sequencer}},
                 }]})
-                .to_string()
+                .to_string())
             }
         }
     }

@@ -410,13 +410,25 @@ impl StreamMapping {
         self.buffer.push_back(record);
     }
 
-    /// Reads new records and invokes until the buffer is empty or a batch must wait for a
-    /// retry. Returns the number of records still buffered.
-    pub async fn step(&mut self) -> Result<usize> {
+    /// Reads new records into the buffer without invoking the function.
+    pub async fn pull(&mut self) -> Result<usize> {
         for r in self.reader.poll().await? {
             let rec = self.lambda_record(&r);
             self.buffer.push_back(rec);
         }
+        Ok(self.buffer.len())
+    }
+
+    /// The records read but not yet delivered (tests rewrite one into a poison record that
+    /// keeps its place and sequence number).
+    pub fn buffered_mut(&mut self) -> &mut VecDeque<Value> {
+        &mut self.buffer
+    }
+
+    /// Reads new records and invokes until the buffer is empty or a batch must wait for a
+    /// retry. Returns the number of records still buffered.
+    pub async fn step(&mut self) -> Result<usize> {
+        self.pull().await?;
         let mut invocations = 0;
         while !self.buffer.is_empty() && invocations < 20 {
             invocations += 1;

@@ -345,9 +345,9 @@ impl World {
                         emf: capture(&mut captured_emf, "cache-invalidator"),
                     };
                     (
-                        Arc::new(InProcess::new("stream-processor", sp)),
-                        Arc::new(InProcess::new("object-processor", op)),
-                        Arc::new(InProcess::new("cache-invalidator", ci)),
+                        Arc::new(InProcess::new(&format!("stream-processor-{r}"), sp)),
+                        Arc::new(InProcess::new(&format!("object-processor-{r}"), op)),
+                        Arc::new(InProcess::new(&format!("cache-invalidator-{r}"), ci)),
                     )
                 }
             };

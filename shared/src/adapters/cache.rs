@@ -3,7 +3,16 @@
 //! keys span slots is rejected with CROSSSLOT) and the per-slot commands run concurrently.
 //!
 //! The connection is opened on first use, never at init, and dropped after an error so the
-//! next batch reconnects (and re-authenticates).
+//! next batch reconnects (and re-authenticates). Connecting and every reply are bounded by
+//! timeouts, so a cache that accepts connections and never answers fails the batch (its
+//! messages are retried) instead of hanging the invocation until Lambda kills it.
+//!
+//! With IAM auth the connection is also replaced before its token is
+//! [`IAM_CONNECTION_MAX_AGE`] old: the cluster client re-authenticates its node connections
+//! with the token it was built with, so a token older than 15 minutes is never sent.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use redis::aio::MultiplexedConnection;
@@ -15,6 +24,38 @@ use crate::ports::Cache;
 
 /// Keys per UNLINK command: bounded so one command never blocks the server for long.
 const KEYS_PER_COMMAND: usize = 512;
+
+/// Bound on opening a connection (TCP, TLS, AUTH and the setup commands).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on each reply.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// An IAM-authenticated connection is replaced once its token is this old (tokens are
+/// valid for 15 minutes; the margin covers the reconnects a cluster client makes itself).
+pub const IAM_CONNECTION_MAX_AGE: Duration = Duration::from_secs(10 * 60);
+
+/// Where the IAM token's signing time comes from: the system clock, or a test's clock.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> SystemTime + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Self {
+        Self(Arc::new(SystemTime::now))
+    }
+
+    pub fn new(now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now))
+    }
+
+    pub fn now(&self) -> SystemTime {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
 
 /// How to reach the cache, from the function's environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,10 +83,11 @@ pub enum CacheAuth {
         secret_id: String,
     },
     /// ElastiCache IAM auth: a fresh presigned token for every new connection, signed
-    /// with the function's credentials; the user is the target's user id.
+    /// with the function's credentials at `clock`'s time; the user is the target's user id.
     Iam {
         target: crate::adapters::iam_auth::IamTarget,
         credentials: aws_credential_types::provider::SharedCredentialsProvider,
+        clock: Clock,
     },
 }
 
@@ -72,7 +114,8 @@ enum Conn {
 
 pub struct RedisCache {
     settings: CacheSettings,
-    conn: Mutex<Option<Conn>>,
+    /// The connection and, with IAM auth, when its token was signed.
+    conn: Mutex<Option<(Conn, Option<SystemTime>)>>,
     /// The secret's password, once read.
     password: Mutex<Option<String>>,
 }
@@ -96,26 +139,29 @@ impl RedisCache {
         }
     }
 
-    async fn password(&self) -> Result<Option<String>, String> {
+    /// The password to AUTH with and, for an IAM token, when it was signed.
+    async fn password(&self) -> Result<(Option<String>, Option<SystemTime>), String> {
         match &self.settings.auth {
-            CacheAuth::None => Ok(None),
-            CacheAuth::Password(p) => Ok(Some(p.clone())),
+            CacheAuth::None => Ok((None, None)),
+            CacheAuth::Password(p) => Ok((Some(p.clone()), None)),
             CacheAuth::Iam {
                 target,
                 credentials,
+                clock,
             } => {
                 use aws_credential_types::provider::ProvideCredentials;
                 let creds = credentials
                     .provide_credentials()
                     .await
                     .map_err(|e| format!("cache IAM credentials: {e}"))?;
-                crate::adapters::iam_auth::token(target, &creds, std::time::SystemTime::now())
-                    .map(Some)
+                let now = clock.now();
+                let token = crate::adapters::iam_auth::token(target, &creds, now)?;
+                Ok((Some(token), Some(now)))
             }
             CacheAuth::Secret { client, secret_id } => {
                 let mut cached = self.password.lock().await;
                 if let Some(p) = cached.as_ref() {
-                    return Ok(Some(p.clone()));
+                    return Ok((Some(p.clone()), None));
                 }
                 let out = client
                     .get_secret_value()
@@ -142,12 +188,12 @@ impl RedisCache {
                     _ => text.to_owned(),
                 };
                 *cached = Some(password.clone());
-                Ok(Some(password))
+                Ok((Some(password), None))
             }
         }
     }
 
-    async fn connect(&self) -> Result<Conn, String> {
+    async fn connect(&self) -> Result<(Conn, Option<SystemTime>), String> {
         let result = self.try_connect().await;
         if result.is_err() {
             // Read the secret again next time: it may have been rotated.
@@ -156,9 +202,9 @@ impl RedisCache {
         result
     }
 
-    async fn try_connect(&self) -> Result<Conn, String> {
+    async fn try_connect(&self) -> Result<(Conn, Option<SystemTime>), String> {
         let s = &self.settings;
-        let password = self.password().await?;
+        let (password, signed_at) = self.password().await?;
         let username = match &s.auth {
             CacheAuth::Iam { target, .. } => Some(target.user_id.clone()),
             _ => s.username.clone(),
@@ -188,6 +234,9 @@ impl RedisCache {
             if s.ca_pem.is_some() {
                 b = b.certs(certs());
             }
+            b = b
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(RESPONSE_TIMEOUT);
             let client = b
                 .build()
                 .map_err(|e| format!("cache cluster client: {e}"))?;
@@ -195,7 +244,7 @@ impl RedisCache {
                 .get_async_connection()
                 .await
                 .map_err(|e| format!("cache cluster connect: {e}"))?;
-            Ok(Conn::Cluster(c))
+            Ok((Conn::Cluster(c), signed_at))
         } else {
             let client = if s.ca_pem.is_some() {
                 redis::Client::build_with_tls(info, certs())
@@ -203,20 +252,35 @@ impl RedisCache {
                 redis::Client::open(info)
             }
             .map_err(|e| format!("cache client: {e}"))?;
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT));
             let c = client
-                .get_multiplexed_async_connection()
+                .get_multiplexed_async_connection_with_config(&config)
                 .await
                 .map_err(|e| format!("cache connect: {e}"))?;
-            Ok(Conn::Single(c))
+            Ok((Conn::Single(c), signed_at))
         }
     }
 
     async fn unlink_all(&self, keys: &[String]) -> Result<u64, String> {
         let mut guard = self.conn.lock().await;
+        // Replace an IAM connection before its token could be re-sent too old (a clock that
+        // went backwards counts as old too).
+        let expired = match (guard.as_ref(), &self.settings.auth) {
+            (Some((_, Some(signed_at))), CacheAuth::Iam { clock, .. }) => !clock
+                .now()
+                .duration_since(*signed_at)
+                .is_ok_and(|age| age < IAM_CONNECTION_MAX_AGE),
+            _ => false,
+        };
+        if expired {
+            *guard = None;
+        }
         if guard.is_none() {
             *guard = Some(self.connect().await?);
         }
-        let result = match guard.as_mut() {
+        let result = match guard.as_mut().map(|(c, _)| c) {
             Some(Conn::Single(c)) => {
                 let mut pipe = redis::pipe();
                 for chunk in keys.chunks(KEYS_PER_COMMAND) {
@@ -327,9 +391,14 @@ mod tests {
         // Reference values from the Redis cluster specification and `CLUSTER KEYSLOT`.
         assert_eq!(crc16(b"123456789"), 0x31C3);
         assert_eq!(slot(b"foo"), 12182);
-        assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
-        assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
+        assert_eq!(slot(b"somekey"), 11058);
+        // A hash tag: only `user1000` is hashed, so both keys share slot 3443.
+        assert_eq!(slot(b"{user1000}.following"), 3443);
+        assert_eq!(slot(b"{user1000}.followers"), 3443);
+        assert_eq!(slot(b"user1000"), 3443);
+        // An empty tag `{}` is no tag: the whole key is hashed.
         assert_eq!(slot(b"{}x"), crc16(b"{}x") % 16384);
+        assert_ne!(slot(b"{}x"), slot(b"x"));
     }
 
     #[test]

@@ -198,6 +198,7 @@ impl Invalidator {
                         serverless: flag("TIDEMARK_CACHE_SERVERLESS", false)?,
                     },
                     credentials,
+                    clock: crate::adapters::cache::Clock::system(),
                 }
             }
             (None, Some(secret_id)) => CacheAuth::Secret {
