@@ -28,6 +28,7 @@ plus-stays-plus|shared/src/objects.rs|b'+' => out.push(b' '),|b'+' => out.push(b
 token-valid-an-hour|shared/src/adapters/iam_auth.rs|pub const TOKEN_LIFETIME: Duration = Duration::from_secs(900);|pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);|test(=iam_token_is_the_presigned_request_botocore_computes)
 token-ignores-the-clock|shared/src/adapters/cache.rs|let now = clock.now();|let now = SystemTime::now();|test(=iam_token_is_the_presigned_request_botocore_computes)
 iam-connection-kept-an-hour|shared/src/adapters/cache.rs|pub const IAM_CONNECTION_MAX_AGE: Duration = Duration::from_secs(10 * 60);|pub const IAM_CONNECTION_MAX_AGE: Duration = Duration::from_secs(60 * 60);|test(=iam_tokens_older_than_15_minutes_are_never_sent_again)
+iam-cluster-connection-kept-an-hour|shared/src/adapters/cache.rs|pub const IAM_CONNECTION_MAX_AGE: Duration = Duration::from_secs(10 * 60);|pub const IAM_CONNECTION_MAX_AGE: Duration = Duration::from_secs(60 * 60);|test(=iam_tokens_older_than_15_minutes_are_never_sent_on_cluster_reconnects)
 heartbeat-time-frozen|shared/src/app/canary.rs|item.insert(WRITTEN_AT.to_owned(), AttributeValue::N(now.to_string()));|item.insert(WRITTEN_AT.to_owned(), AttributeValue::N("1".to_owned()));|test(=paused_replication_grows_the_heartbeat_age_one_way_only)
 naive-invalidation-filtered|tests/src/world.rs|.subscribe(&regions[0].topic_arn, &regions[1].queue_arn, true, None)|.subscribe(&regions[0].topic_arn, &regions[1].queue_arn, true, Some(json!({"replicated": ["false"]})))|test(=naive_cross_region_wiring_leaves_stale_refills)
 eu-stream-not-invalidating|tests/src/world.rs|stream_enabled: !(options.naive_wiring && r == "eu-west-1"),|stream_enabled: r != "eu-west-1",|test(=a_reader_held_across_the_invalidation_leaves_a_stale_refill)
@@ -54,7 +55,9 @@ open(path + ".mutant-orig", "w", encoding="utf-8").write(text)
 open(path, "w", encoding="utf-8").write(text.replace(old, new))
 PY
 }
-restore() { [ -f "$1.mutant-orig" ] && mv "$1.mutant-orig" "$1"; return 0; }
+# Restores $1 and marks it newer than the mutated build (the backup's older mtime would
+# make cargo keep the mutated binary).
+restore() { [ -f "$1.mutant-orig" ] && mv "$1.mutant-orig" "$1" && touch "$1"; return 0; }
 current=""
 trap '[ -n "$current" ] && restore "$current"' EXIT
 
