@@ -1930,3 +1930,49 @@ async fn sequential_writes_from_two_regions_are_no_conflict() -> Result<()> {
     assert_eq!(seen.len(), 1, "{seen:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn heartbeats_of_every_region_feed_replication_lag_per_pair() -> Result<()> {
+    let mut w = asymmetric_world().await?;
+    let config = tidemark::config::Config::load(&w.config_path)?;
+    for region in [US, EU] {
+        let clients = &w.region(region).clients;
+        let canary = tidemark::app::canary::Canary {
+            config: config.clone(),
+            region: region.to_owned(),
+            dynamodb: clients.dynamodb.clone(),
+            s3: clients.s3.clone(),
+        };
+        canary
+            .run_tick()
+            .await
+            .map_err(|e| anyhow::anyhow!("{region}: {e}"))?;
+    }
+    w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
+        .await?;
+    // Each region measures the peer's heartbeat and its own, each as its own pair.
+    for (region, peer, delay) in [(EU, US, FAST), (US, EU, SLOW)] {
+        let docs = w.emf(region, "stream-processor");
+        let d = |from: &'static str| {
+            [
+                ("Source", w.table.as_str()),
+                ("SourceRegion", from),
+                ("DestinationRegion", region),
+            ]
+        };
+        let peer_lag = metric_values(&docs, "ReplicationLag", &d(peer));
+        let peer_e2e = metric_values(&docs, "EndToEndLag", &d(peer));
+        assert_eq!(peer_lag.len(), 1, "{region}: {docs:?}");
+        assert!(
+            peer_e2e.len() == 1 && peer_e2e[0] >= delay.as_millis() as f64,
+            "{region}: {peer_e2e:?}"
+        );
+        assert_eq!(
+            metric_values(&docs, "ReplicationLag", &d(region)).len(),
+            1,
+            "{region}: its own heartbeat"
+        );
+    }
+    Ok(())
+}
