@@ -1,7 +1,9 @@
 //! The one declarative configuration file (`tidemark.toml`).
 //!
 //! Parsing is strict (`deny_unknown_fields`) and validation is total: every problem is
-//! reported as a [`ConfigError`] naming the file, the source or rule, and the field.
+//! reported as a [`ConfigError`] naming the file, the source or rule, and the field. A file
+//! that does not parse (syntax, an unknown field, a value of the wrong shape) yields that
+//! one error; a file that parses yields every problem at once ([`ConfigErrors`]).
 //! Nothing here performs I/O except [`Config::load`], which reads one local file.
 
 use std::collections::HashSet;
@@ -19,7 +21,7 @@ pub const EMBEDDED: &str = include_str!("../../tidemark.toml");
 pub const EMBEDDED_NAME: &str = "tidemark.toml (embedded)";
 
 /// A configuration problem, precise enough to fix without reading code.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
 #[error("{file}: {location}field `{field}`: {message}")]
 pub struct ConfigError {
     pub file: String,
@@ -28,6 +30,47 @@ pub struct ConfigError {
     pub field: String,
     pub message: String,
 }
+
+/// Every problem of one file, in file order (never empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The first problem (there is always one).
+    pub fn first(&self) -> Option<&ConfigError> {
+        self.0.first()
+    }
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
+        self.0.iter()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        Self(vec![e])
+    }
+}
+
+/// One line: the problems separated by `; ` (init logs stay one line per failure).
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
 
 /// Raw shape of the file; `Config` is the validated form.
 #[derive(Debug, Deserialize)]
@@ -250,6 +293,17 @@ pub struct Rule {
     pub replicas_only: bool,
 }
 
+/// Whether an item with this partition key value is a canary heartbeat (measured, never
+/// invalidated). The stream-processor and `tidemark explain` both decide with this.
+pub fn is_heartbeat_item(heartbeat_prefix: &str, partition_key: &str) -> bool {
+    partition_key.starts_with(heartbeat_prefix)
+}
+
+/// Whether an object key is a canary heartbeat's (measured, never invalidated).
+pub fn is_heartbeat_object(heartbeat_prefix: &str, key: &str) -> bool {
+    key.starts_with(heartbeat_prefix)
+}
+
 /// Placeholders an object template may use.
 pub const OBJECT_PLACEHOLDERS: &[&str] = &["key", "dir", "file", "version"];
 
@@ -276,7 +330,7 @@ impl Table {
 
 impl Config {
     /// Reads and validates a local file; the path is named in every error.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: file.clone(),
@@ -288,13 +342,14 @@ impl Config {
     }
 
     /// The configuration compiled into the binary.
-    pub fn embedded() -> Result<Self, ConfigError> {
+    pub fn embedded() -> Result<Self, ConfigErrors> {
         Self::parse(EMBEDDED_NAME, EMBEDDED)
     }
 
-    /// Parses and validates `text`; `file` is only used in messages.
-    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
-        let raw = parse_raw(file, text)?;
+    /// Parses and validates `text`; `file` is only used in messages. Every problem is
+    /// reported, not only the first.
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigErrors> {
+        let raw = parse_raw(file, text).map_err(ConfigErrors::from)?;
         validate(file, raw)
     }
 
@@ -524,6 +579,26 @@ impl Checker<'_> {
                     "buckets use `alert`, `delete-replica` or `hold`",
                 );
             }
+            // First matching rule wins: a rule that an earlier one always beats is dead.
+            if let Some(earlier) = out
+                .iter()
+                .find(|e: &&Rule| covers(&e.matcher, &rule.matcher))
+            {
+                let field = match rule.matcher {
+                    Matcher::KeyPrefix(_) => "match.key_prefix",
+                    _ => "match",
+                };
+                self.fail(
+                    &here,
+                    field,
+                    format!(
+                        "can never match: earlier rule \"{}\" ({}) matches everything {} would (the first matching rule wins)",
+                        earlier.name,
+                        earlier.matcher,
+                        rule.matcher
+                    ),
+                );
+            }
             out.push(Rule {
                 name: rule.name,
                 matcher: rule.matcher,
@@ -536,11 +611,50 @@ impl Checker<'_> {
     }
 }
 
+/// Whether every subject `later` matches is matched by `earlier` already.
+fn covers(earlier: &Matcher, later: &Matcher) -> bool {
+    match (earlier, later) {
+        // An empty prefix matches every key, so it shadows every later rule.
+        (Matcher::KeyPrefix(p), _) if p.is_empty() => true,
+        (Matcher::KeyPrefix(p), Matcher::KeyPrefix(q)) => q.starts_with(p.as_str()),
+        (a, b) => a == b,
+    }
+}
+
+impl fmt::Display for Matcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Matcher::KeyPrefix(p) => write!(f, "key prefix `{p}`"),
+            Matcher::Attribute { name, equals } => write!(f, "attribute `{name}` = `{equals}`"),
+            Matcher::Tag { name, equals } => write!(f, "tag `{name}` = `{equals}`"),
+            Matcher::Metadata { name, equals } => write!(f, "metadata `{name}` = `{equals}`"),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Action {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Report => "report",
+            Action::DeleteReplica => "delete-replica",
+            Action::Hold => "hold",
+            Action::Alert => "alert",
+        }
+    }
+}
+
 fn template_message(src: &str, e: &TemplateError) -> String {
     format!("malformed template `{src}`: {e}")
 }
 
-fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
+fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigErrors> {
     let mut c = Checker {
         file,
         errors: Vec::new(),
@@ -639,15 +753,15 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
         });
     }
 
-    match c.errors.into_iter().next() {
-        Some(first) => Err(first),
-        None => Ok(Config {
-            deployment: raw.deployment,
-            residency: raw.residency,
-            tables,
-            buckets,
-        }),
+    if !c.errors.is_empty() {
+        return Err(ConfigErrors(c.errors));
     }
+    Ok(Config {
+        deployment: raw.deployment,
+        residency: raw.residency,
+        tables,
+        buckets,
+    })
 }
 
 impl fmt::Display for KeyType {
@@ -690,8 +804,19 @@ bucket = "acme-assets-{region}"
 cache_keys = ["asset:{key}"]
 "#;
 
+    /// The first problem of an invalid file.
     fn err(text: &str) -> ConfigError {
-        Config::parse("t.toml", text).unwrap_err()
+        Config::parse("t.toml", text).unwrap_err().0.remove(0)
+    }
+
+    /// Every problem of an invalid file, as (location, field).
+    fn all(text: &str) -> Vec<(String, String)> {
+        Config::parse("t.toml", text)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| (e.location, e.field))
+            .collect()
     }
 
     #[test]
@@ -787,6 +912,106 @@ cache_keys = ["asset:{key}"]
         let e = err(&BASE.replace("action = \"report\"", "action = \"explode\""));
         assert_eq!(e.location, "table \"users\", rule \"eu-only\", ");
         assert_eq!(e.field, "action");
+    }
+
+    #[test]
+    fn every_problem_is_reported_not_only_the_first() {
+        let text = BASE
+            .replace("user-email:{email}", "user-phone:{phone}")
+            .replace(
+                "allowed_regions = [\"eu-west-1\"]",
+                "allowed_regions = [\"eu-west-9\"]",
+            )
+            .replace("acme-assets-{region}", "acme-assets");
+        assert_eq!(
+            all(&text),
+            [
+                ("table \"users\", ".to_owned(), "cache_keys[1]".to_owned()),
+                (
+                    "table \"users\", rule \"eu-only\", ".to_owned(),
+                    "allowed_regions".to_owned()
+                ),
+                ("bucket \"assets\", ".to_owned(), "bucket".to_owned()),
+            ]
+        );
+        let errors = Config::parse("t.toml", &text).unwrap_err();
+        assert_eq!(
+            errors.to_string().matches("t.toml: ").count(),
+            3,
+            "{errors}"
+        );
+    }
+
+    const PREFIX_RULES: &str = r#"
+[[buckets.residency]]
+name = "eu"
+match = { key_prefix = "eu/" }
+allowed_regions = ["eu-west-1"]
+action = "alert"
+
+[[buckets.residency]]
+name = "eu-private"
+match = { key_prefix = "eu/private/" }
+allowed_regions = ["eu-west-1"]
+action = "delete-replica"
+"#;
+
+    #[test]
+    fn prefix_rule_covered_by_an_earlier_prefix_rule_is_rejected() {
+        let e = err(&format!("{BASE}{PREFIX_RULES}"));
+        assert_eq!(e.location, "bucket \"assets\", rule \"eu-private\", ");
+        assert_eq!(e.field, "match.key_prefix");
+        assert!(
+            e.message
+                .contains("can never match: earlier rule \"eu\" (key prefix `eu/`)"),
+            "{e}"
+        );
+        // The narrower prefix first is fine: both can match.
+        let swapped = PREFIX_RULES
+            .replacen("\"eu/\"", "\"TMP\"", 1)
+            .replacen("\"eu/private/\"", "\"eu/\"", 1)
+            .replacen("\"TMP\"", "\"eu/private/\"", 1);
+        Config::parse("t.toml", &format!("{BASE}{swapped}")).unwrap();
+        // An empty prefix matches every key: nothing after it can match.
+        let catch_all = PREFIX_RULES.replacen("\"eu/\"", "\"\"", 1);
+        assert_eq!(err(&format!("{BASE}{catch_all}")).field, "match.key_prefix");
+    }
+
+    #[test]
+    fn identical_matchers_shadow_the_later_rule() {
+        let text = BASE.replace(
+            "action = \"report\"\n",
+            "action = \"report\"\n\n[[tables.residency]]\nname = \"eu-again\"\nmatch = { attribute = { name = \"home\", equals = \"eu\" } }\nallowed_regions = [\"eu-west-1\", \"us-east-1\"]\naction = \"report\"\n",
+        );
+        let e = err(&text);
+        assert_eq!(
+            (e.location.as_str(), e.field.as_str()),
+            ("table \"users\", rule \"eu-again\", ", "match")
+        );
+    }
+
+    #[test]
+    fn duplicate_rule_names_are_rejected() {
+        let text =
+            format!("{BASE}{PREFIX_RULES}").replace("name = \"eu-private\"", "name = \"eu\"");
+        let errors = all(&text);
+        assert!(
+            errors.contains(&(
+                "bucket \"assets\", rule \"eu\", ".to_owned(),
+                "name".to_owned()
+            )),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn empty_region_list_and_unknown_action_are_rejected() {
+        let e = err(&BASE.replace("regions = [\"us-east-1\", \"eu-west-1\"]", "regions = []"));
+        assert_eq!(e.field, "deployment.regions");
+        assert!(e.message.contains("at least one region"), "{e}");
+        let e = err(&BASE.replace("action = \"report\"", "action = \"shred\""));
+        assert_eq!(e.field, "action");
+        assert!(e.message.contains("unknown variant `shred`"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigErrors};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SettingsError {
@@ -13,7 +13,7 @@ pub enum SettingsError {
     #[error("environment variable {var}: {message}")]
     Invalid { var: &'static str, message: String },
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] ConfigErrors),
 }
 
 /// Reads a required variable.
