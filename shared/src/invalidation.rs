@@ -15,13 +15,14 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 
 use crate::config::{Bucket, Table};
-use crate::ddb::StreamRecord;
+use crate::ddb::{Image, StreamRecord};
 use crate::error::{PortError, StageError};
 use crate::message::{self, Invalidation};
 use crate::metrics::{Dim, Metric, Metrics};
 use crate::objects::{ObjectChange, ObjectEventKind, object_placeholder};
 use crate::pipeline::Stage;
 use crate::ports::{Outbound, Publish, PublishResult};
+use crate::template::Template;
 
 /// SNS: maximum message (body + attributes) and PublishBatch request size.
 pub const SNS_MAX_BYTES: usize = 262_144;
@@ -347,7 +348,7 @@ pub fn table_keys(table: &Table, record: &StreamRecord<'_>, mut emit: impl FnMut
     let mut keys: Vec<String> = Vec::with_capacity(table.cache_keys.len() * 2);
     for t in &table.cache_keys {
         for img in images.iter().flatten() {
-            if let Some(k) = t.render(|name| img.scalar(name))
+            if let Some(k) = render_key(t, img)
                 && !keys.contains(&k)
             {
                 keys.push(k);
@@ -355,6 +356,11 @@ pub fn table_keys(table: &Table, record: &StreamRecord<'_>, mut emit: impl FnMut
         }
     }
     keys.into_iter().for_each(&mut emit);
+}
+
+/// One template on one image: `None` when an attribute it names is missing or not scalar.
+pub fn render_key(template: &Template, image: &Image<'_>) -> Option<String> {
+    template.render(|name| image.scalar(name))
 }
 
 /// Cache keys of one object change (`{key}`, `{dir}`, `{file}`, `{version}`).
@@ -474,7 +480,7 @@ impl<'c> Stage<ObjectEvent<'c>> for InvalidationStage<'_> {
         let b = ev.bucket;
         for c in &ev.changes {
             if !matches!(c.kind, ObjectEventKind::Created | ObjectEventKind::Deleted)
-                || c.key.starts_with(ev.heartbeat_prefix)
+                || crate::config::is_heartbeat_object(ev.heartbeat_prefix, &c.key)
             {
                 continue;
             }

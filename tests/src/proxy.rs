@@ -1,6 +1,9 @@
 //! TEST CODE: a loopback HTTP proxy in front of moto. It counts calls per operation,
 //! injects errors and latency on demand, and answers HEAD of an object version the
 //! harness replicated with `x-amz-replication-status: REPLICA` (moto never sets it).
+//! It also answers GetBucketReplication and GetBucketNotificationConfiguration with the
+//! document last put (moto returns every replication filter as `Prefix ""` and drops
+//! `EventBridgeConfiguration`), so `tidemark check --live` sees what AWS would return.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -34,6 +37,8 @@ pub struct ProxyState {
     pub kept: Mutex<HashMap<String, Vec<Vec<u8>>>>,
     /// (bucket, key) whose current version is a replica.
     pub replicas: Mutex<HashSet<(String, String)>>,
+    /// (bucket, `replication` | `notification`) → the configuration document last put.
+    pub bucket_configs: Mutex<HashMap<(String, &'static str), Vec<u8>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +152,24 @@ pub fn operation(req: &Message) -> String {
     format!("S3:{}", req.method())
 }
 
+/// `(bucket, subresource)` of a path-style S3 bucket-configuration request we keep.
+fn bucket_config(req: &Message) -> Option<(String, &'static str)> {
+    if req.header("x-amz-target").is_some() {
+        return None;
+    }
+    let (path, query) = req.path().split_once('?')?;
+    let bucket = path.trim_matches('/');
+    if bucket.is_empty() || bucket.contains('/') {
+        return None;
+    }
+    let kind = query.split('&').find_map(|q| match q.split('=').next() {
+        Some("replication") => Some("replication"),
+        Some("notification") => Some("notification"),
+        _ => None,
+    })?;
+    Some((bucket.to_owned(), kind))
+}
+
 fn s3_object(path: &str) -> Option<(String, String)> {
     let path = path.split('?').next()?.trim_start_matches('/');
     let (bucket, key) = path.split_once('/')?;
@@ -210,6 +233,27 @@ async fn serve(sock: TcpStream, s: Arc<ProxyState>, upstream: String) -> Result<
                 continue;
             }
         }
+        let config = bucket_config(&req);
+        if let Some(key) = &config
+            && req.method() == "GET"
+        {
+            let stored = s
+                .bucket_configs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(key)
+                .cloned();
+            if let Some(body) = stored {
+                write_response(
+                    &mut w,
+                    200,
+                    &[("content-type", "application/xml".into())],
+                    &body,
+                )
+                .await?;
+                continue;
+            }
+        }
         let head = req.method() == "HEAD";
         req.set_header("connection", "close");
         let mut up = TcpStream::connect(&upstream)
@@ -235,6 +279,24 @@ async fn serve(sock: TcpStream, s: Arc<ProxyState>, upstream: String) -> Result<
             .unwrap_or(0);
         resp.headers
             .retain(|(k, _)| !k.eq_ignore_ascii_case("connection"));
+        if let Some(key) = config
+            && resp
+                .start
+                .split(' ')
+                .nth(1)
+                .is_some_and(|c| c.starts_with('2'))
+        {
+            let mut configs = s.bucket_configs.lock().unwrap_or_else(|e| e.into_inner());
+            match req.method() {
+                "PUT" => {
+                    configs.insert(key, req.body.clone());
+                }
+                "DELETE" => {
+                    configs.remove(&key);
+                }
+                _ => {}
+            }
+        }
         if head
             && let Some(obj) = s3_object(req.path())
             && s.replicas

@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 use tidemark::message::Invalidation;
 use tidemark_tests::world::{Options, Stages, World};
 
+/// `tidemark check --live` against moto (its own file: it shares nothing with the worlds).
+mod live_check;
+
 const NO_INVALIDATOR: Stages = Stages {
     replication: true,
     streams: true,

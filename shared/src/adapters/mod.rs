@@ -1,5 +1,6 @@
 //! The only code that performs I/O: one adapter per port.
 
+pub mod account;
 pub mod aws;
 pub mod cache;
 pub mod dead_letter;

@@ -82,7 +82,7 @@ impl crate::lambda::BatchHandler for StreamProcessor {
                         let heartbeat = record
                             .keys
                             .scalar(&table.partition_key.name)
-                            .is_some_and(|pk| pk.starts_with(prefix));
+                            .is_some_and(|pk| crate::config::is_heartbeat_item(prefix, &pk));
                         Decoded::Ok {
                             id,
                             change: TableChange {
