@@ -139,7 +139,7 @@ pub fn explain_records(
         .ok()
         .is_some_and(|v| v.get("Records").is_some_and(serde_json::Value::is_array));
     if is_batch {
-        let raws = crate::ddb::split_batch(trimmed).map_err(|e| ExplainError(e.0))?;
+        let raws = crate::ddb::split_batch(trimmed).map_err(|e| ExplainError(e.to_string()))?;
         raws.iter()
             .enumerate()
             .map(|(i, r)| {

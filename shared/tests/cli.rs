@@ -211,6 +211,10 @@ fn every_command_has_help_and_wrong_usage_exits_2() {
         (&["explain", "--help"][..], "--s3-event JSON|FILE"),
         (&["help", "explain"][..], "--metadata NAME=VALUE"),
         (&["metrics", "--help"][..], "tidemark metrics"),
+        (
+            &["wiring", "--help"][..],
+            "tidemark wiring CONFIG TEMPLATE [--check]",
+        ),
     ] {
         let out = tidemark(args);
         let (stdout, stderr) = text(&out);
