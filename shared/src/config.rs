@@ -98,6 +98,14 @@ pub struct Deployment {
     /// Heartbeat older than this (seconds) counts as a stall in alarms and the simulation.
     #[serde(default = "default_stall_after")]
     pub stall_after_seconds: u64,
+    /// A peer whose own heartbeat (read in the peer's region) is older than this (seconds),
+    /// or unreadable, is down: the canary emits `PeerDown` and no staleness for it.
+    #[serde(default = "default_peer_down_after")]
+    pub peer_down_after_seconds: u64,
+    /// Staleness (seconds) above which a region counts as serving stale data: the
+    /// threshold of the staleness alarms and of the Route 53 health-check alarm.
+    #[serde(default = "default_stale_after")]
+    pub stale_after_seconds: u64,
 }
 
 fn default_namespace() -> String {
@@ -108,6 +116,12 @@ fn default_heartbeat_prefix() -> String {
 }
 fn default_stall_after() -> u64 {
     300
+}
+fn default_peer_down_after() -> u64 {
+    60
+}
+fn default_stale_after() -> u64 {
+    60
 }
 
 /// What happens to data no residency rule matches.
@@ -666,6 +680,13 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigErrors> {
     }
     if raw.deployment.heartbeat_prefix.trim().is_empty() {
         c.fail("", "deployment.heartbeat_prefix", "must not be empty");
+    }
+    if raw.deployment.peer_down_after_seconds == 0 {
+        c.fail(
+            "",
+            "deployment.peer_down_after_seconds",
+            "must be at least 1 (0 would call every peer down)",
+        );
     }
 
     let mut names = HashSet::new();

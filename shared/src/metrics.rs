@@ -88,6 +88,9 @@ pub enum Metric {
     ResidencyViolations,
     ResidencyActions,
     ReplicationFailures,
+    Staleness,
+    PeerDown,
+    WorstStaleness,
 }
 
 /// The catalog entry of a metric.
@@ -266,6 +269,30 @@ pub const CATALOG: &[Spec] = &[
         dimensions: &[Source, Event],
         high_resolution: false,
         help: "S3 replication failure and threshold events",
+    },
+    Spec {
+        metric: Metric::Staleness,
+        name: "Staleness",
+        unit: Unit::Seconds,
+        dimensions: &[Source, SourceRegion, DestinationRegion],
+        high_resolution: false,
+        help: "live peer's own newest heartbeat − its copy in this region (how far this region is behind)",
+    },
+    Spec {
+        metric: Metric::PeerDown,
+        name: "PeerDown",
+        unit: Unit::Count,
+        dimensions: &[Source, SourceRegion, DestinationRegion],
+        high_resolution: false,
+        help: "1 per tick in which the peer's own heartbeat was old or unreadable (no staleness then)",
+    },
+    Spec {
+        metric: Metric::WorstStaleness,
+        name: "WorstStaleness",
+        unit: Unit::Seconds,
+        dimensions: &[DestinationRegion],
+        high_resolution: false,
+        help: "worst Staleness of this region against live peers, 0 when none is behind (Route 53 health-check alarm)",
     },
 ];
 

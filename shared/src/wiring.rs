@@ -92,10 +92,11 @@ pub fn render(config: &Config) -> Result<Wiring, String> {
 
 fn mappings(config: &Config) -> String {
     format!(
-        "  Tidemark:\n    Settings:\n      Namespace: {}\n      QueueFunctionTimeout: {}\n      QueueVisibilityTimeout: {}\n",
+        "  Tidemark:\n    Settings:\n      Namespace: {}\n      QueueFunctionTimeout: {}\n      QueueVisibilityTimeout: {}\n      StaleAfterSeconds: {}\n",
         config.deployment.namespace,
         QUEUE_FUNCTION_TIMEOUT_S,
-        queue_visibility_timeout_s()
+        queue_visibility_timeout_s(),
+        config.deployment.stale_after_seconds
     )
 }
 
@@ -182,17 +183,41 @@ fn resources(config: &Config) -> String {
             } else {
                 (String::new(), String::new())
             };
+            // Heartbeats are read here (the copies) and in every peer (their own, a
+            // cross-region read that tells a down peer from a stalled replication).
+            let mut read = String::new();
+            for r in &d.regions {
+                let _ = writeln!(
+                    read,
+                    "              - !Sub \"arn:${{AWS::Partition}}:dynamodb:{r}:${{AWS::AccountId}}:table/{}\"",
+                    t.name
+                );
+            }
             let _ = write!(
                 s,
-                "          - Sid: WriteOwnHeartbeatItem{l}\n            Effect: Allow\n            Action: dynamodb:PutItem\n            Resource: {arn}\n{own}          - Sid: ReadHeartbeatItems{l}\n            Effect: Allow\n            Action: dynamodb:GetItem\n            Resource: {arn}\n{any}"
+                "          - Sid: WriteOwnHeartbeatItem{l}\n            Effect: Allow\n            Action: dynamodb:PutItem\n            Resource: {arn}\n{own}          - Sid: ReadHeartbeatItems{l}\n            Effect: Allow\n            Action: dynamodb:GetItem\n            Resource:\n{read}{any}"
             );
         }
         for b in &canary_buckets {
             let l = logical(&b.name);
             let bucket = b.bucket_in("${AWS::Region}");
+            // The copies here and each peer's own heartbeat in the peer's bucket.
+            let (mut objects, mut buckets) = (String::new(), String::new());
+            for r in &d.regions {
+                let _ = writeln!(
+                    objects,
+                    "              - !Sub \"arn:${{AWS::Partition}}:s3:::{}/{prefix}/*\"",
+                    b.bucket_in(r)
+                );
+                let _ = writeln!(
+                    buckets,
+                    "              - !Sub \"arn:${{AWS::Partition}}:s3:::{}\"",
+                    b.bucket_in(r)
+                );
+            }
             let _ = write!(
                 s,
-                "          - Sid: WriteOwnHeartbeatObject{l}\n            Effect: Allow\n            Action: s3:PutObject\n            Resource: !Sub \"arn:${{AWS::Partition}}:s3:::{bucket}/{prefix}/${{AWS::Region}}\"\n          - Sid: ReadHeartbeatObjects{l}\n            Effect: Allow\n            Action: s3:GetObject\n            Resource: !Sub \"arn:${{AWS::Partition}}:s3:::{bucket}/{prefix}/*\"\n          # Without ListBucket, HeadObject on a heartbeat not yet replicated is a 403, not a 404.\n          - Sid: SeeMissingHeartbeats{l}\n            Effect: Allow\n            Action: s3:ListBucket\n            Resource: !Sub \"arn:${{AWS::Partition}}:s3:::{bucket}\"\n"
+                "          - Sid: WriteOwnHeartbeatObject{l}\n            Effect: Allow\n            Action: s3:PutObject\n            Resource: !Sub \"arn:${{AWS::Partition}}:s3:::{bucket}/{prefix}/${{AWS::Region}}\"\n          - Sid: ReadHeartbeatObjects{l}\n            Effect: Allow\n            Action: s3:GetObject\n            Resource:\n{objects}          # Without ListBucket, HeadObject on a heartbeat not yet replicated is a 403, not a 404.\n          - Sid: SeeMissingHeartbeats{l}\n            Effect: Allow\n            Action: s3:ListBucket\n            Resource:\n{buckets}"
             );
         }
         s.push('\n');
@@ -236,6 +261,23 @@ fn resources(config: &Config) -> String {
                 ls = logical(name),
                 lr = logical(r),
                 stall = d.stall_after_seconds,
+            );
+            // Staleness has no value while the peer is down (PeerDown has) or while this
+            // region's canary is silent (the errors and stall alarms cover that): missing
+            // data is not a stall.
+            let _ = write!(
+                s,
+                "  Stale{ls}From{lr}:\n    Type: AWS::CloudWatch::Alarm\n    Condition: Peer{lr}\n    Properties:\n      AlarmName: !Sub \"tidemark-${{AWS::Region}}-stale-{name}-from-{r}\"\n      AlarmDescription: !Sub \"{r} is live but ${{AWS::Region}}'s copy of {name} is behind it. Runbook: README.md#runbook-staleness\"\n      Namespace: !FindInMap [Tidemark, Settings, Namespace]\n      MetricName: Staleness\n      Dimensions:\n        - {{ Name: Source, Value: {name} }}\n        - {{ Name: SourceRegion, Value: {r} }}\n        - {{ Name: DestinationRegion, Value: !Ref AWS::Region }}\n      Statistic: Maximum\n      Period: 60\n      EvaluationPeriods: 3\n      DatapointsToAlarm: 2\n      Threshold: {stale}\n      ComparisonOperator: GreaterThanThreshold\n      TreatMissingData: notBreaching\n      AlarmActions: [!Ref AlertTopic]\n      OKActions: [!Ref AlertTopic]\n\n",
+                ls = logical(name),
+                lr = logical(r),
+                stale = d.stale_after_seconds,
+            );
+            // One down tick is a blip (the next tick asks again); three minutes of them are not.
+            let _ = write!(
+                s,
+                "  PeerDown{ls}From{lr}:\n    Type: AWS::CloudWatch::Alarm\n    Condition: Peer{lr}\n    Properties:\n      AlarmName: !Sub \"tidemark-${{AWS::Region}}-peer-down-{name}-{r}\"\n      AlarmDescription: !Sub \"${{AWS::Region}} cannot see a fresh heartbeat of {name} in {r} itself. Runbook: README.md#runbook-peerdown\"\n      Namespace: !FindInMap [Tidemark, Settings, Namespace]\n      MetricName: PeerDown\n      Dimensions:\n        - {{ Name: Source, Value: {name} }}\n        - {{ Name: SourceRegion, Value: {r} }}\n        - {{ Name: DestinationRegion, Value: !Ref AWS::Region }}\n      Statistic: Maximum\n      Period: 60\n      EvaluationPeriods: 3\n      Threshold: 1\n      ComparisonOperator: GreaterThanOrEqualToThreshold\n      TreatMissingData: notBreaching\n      AlarmActions: [!Ref AlertTopic]\n      OKActions: [!Ref AlertTopic]\n\n",
+                ls = logical(name),
+                lr = logical(r),
             );
         }
     }
@@ -491,7 +533,10 @@ mod tests {
             "StreamMappingOrders:",
             "EventSourceArn: !Select [1, !Ref TableStreamArns]",
             "table/orders\"",
-            "acme-media-${AWS::Region}/tidemark-heartbeat/*",
+            "acme-media-ap-south-1/tidemark-heartbeat/*",
+            "dynamodb:ap-south-1:${AWS::AccountId}:table/orders",
+            "StaleMediaFromApSouth1:",
+            "PeerDownOrdersFromEuWest1:",
             "PeerSubscriptionApSouth1:",
             "HeartbeatStallMediaFromApSouth1:",
             "HeartbeatStallOrdersFromEuWest1:",

@@ -1607,15 +1607,7 @@ async fn tick_all(canaries: &[tidemark::app::canary::Canary]) -> Result<()> {
 async fn paused_replication_grows_the_heartbeat_age_one_way_only() -> Result<()> {
     let mut w = World::start(Options::default()).await?;
     let config = tidemark::config::Config::load(&w.config_path)?;
-    let canaries: Vec<tidemark::app::canary::Canary> = ["us-east-1", "eu-west-1"]
-        .iter()
-        .map(|r| tidemark::app::canary::Canary {
-            config: config.clone(),
-            region: (*r).to_owned(),
-            dynamodb: w.region(r).clients.dynamodb.clone(),
-            s3: w.region(r).clients.s3.clone(),
-        })
-        .collect();
+    let canaries = world_canaries(&w, &config, None).await;
     tick_all(&canaries).await?;
     w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
         .await?;
@@ -1939,18 +1931,11 @@ async fn sequential_writes_from_two_regions_are_no_conflict() -> Result<()> {
 async fn heartbeats_of_every_region_feed_replication_lag_per_pair() -> Result<()> {
     let mut w = asymmetric_world().await?;
     let config = tidemark::config::Config::load(&w.config_path)?;
-    for region in [US, EU] {
-        let clients = &w.region(region).clients;
-        let canary = tidemark::app::canary::Canary {
-            config: config.clone(),
-            region: region.to_owned(),
-            dynamodb: clients.dynamodb.clone(),
-            s3: clients.s3.clone(),
-        };
+    for canary in world_canaries(&w, &config, None).await {
         canary
             .run_tick()
             .await
-            .map_err(|e| anyhow::anyhow!("{region}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("{}: {e}", canary.region))?;
     }
     w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
         .await?;
@@ -1977,5 +1962,245 @@ async fn heartbeats_of_every_region_feed_replication_lag_per_pair() -> Result<()
             "{region}: its own heartbeat"
         );
     }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ staleness and peer down
+
+/// In-process canaries of both regions over the world's clients. `unreachable`: the
+/// region whose cross-region reads go to a closed port (as if that region were cut off).
+async fn world_canaries(
+    w: &World,
+    config: &tidemark::config::Config,
+    unreachable: Option<&str>,
+) -> Vec<tidemark::app::canary::Canary> {
+    use tidemark::app::canary::{Canary, RegionClients};
+    // A closed port, one attempt: a peer that refuses every connection.
+    let dead_sdk = tidemark_tests::aws::sdk_config("http://127.0.0.1:9", "us-east-1", 1).await;
+    let dead = RegionClients {
+        dynamodb: aws_sdk_dynamodb::Client::new(&dead_sdk),
+        s3: aws_sdk_s3::Client::new(&dead_sdk),
+    };
+    let regions = ["us-east-1", "eu-west-1"];
+    regions
+        .iter()
+        .map(|r| Canary {
+            config: config.clone(),
+            region: (*r).to_owned(),
+            dynamodb: w.region(r).clients.dynamodb.clone(),
+            s3: w.region(r).clients.s3.clone(),
+            peers: regions
+                .iter()
+                .filter(|p| *p != r)
+                .map(|p| {
+                    let c = if unreachable == Some(*p) {
+                        dead.clone()
+                    } else {
+                        RegionClients {
+                            dynamodb: w.region(p).clients.dynamodb.clone(),
+                            s3: w.region(p).clients.s3.clone(),
+                        }
+                    };
+                    ((*p).to_owned(), c)
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// One tick of `canary`; its EMF documents.
+async fn tick_docs(canary: &tidemark::app::canary::Canary) -> Result<Vec<Value>> {
+    let mut m = tidemark::metrics::Metrics::new("Tidemark");
+    canary.tick_into(&mut m).await.map_err(anyhow::Error::msg)?;
+    Ok(m.drain_documents(tidemark::now_ms()))
+}
+
+/// Values of `metric` per source for the pair `src` → `dest` in `docs`.
+fn pair_values(docs: &[Value], metric: &str, src: &str, dest: &str) -> Vec<(String, f64)> {
+    let mut v: Vec<(String, f64)> = docs
+        .iter()
+        .filter(|d| d["SourceRegion"] == src && d["DestinationRegion"] == dest)
+        .filter_map(|d| Some((d["Source"].as_str()?.to_owned(), d.get(metric)?.as_f64()?)))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn worst_staleness(docs: &[Value], region: &str) -> Option<f64> {
+    docs.iter()
+        .find(|d| d["DestinationRegion"] == region && d.get("WorstStaleness").is_some())
+        .and_then(|d| d["WorstStaleness"].as_f64())
+}
+
+/// Staleness src → dest as the replicas' heartbeat state says: (table, bucket) in seconds.
+async fn staleness_from_state(w: &World, src: &str, dest: &str) -> Result<Vec<(String, f64)>> {
+    let (own_t, own_o) = heartbeat_written(w, src, src).await?;
+    let (copy_t, copy_o) = heartbeat_written(w, dest, src).await?;
+    let mut v = vec![
+        (
+            "assets".to_owned(),
+            own_o.saturating_sub(copy_o) as f64 / 1000.0,
+        ),
+        (
+            w.table.clone(),
+            own_t.saturating_sub(copy_t) as f64 / 1000.0,
+        ),
+    ];
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn paused_replication_makes_that_pair_stale_only_and_resuming_clears_it() -> Result<()> {
+    let (us, eu) = ("us-east-1", "eu-west-1");
+    let mut w = World::start(Options::default()).await?;
+    let config = tidemark::config::Config::load(&w.config_path)?;
+    let canaries = world_canaries(&w, &config, None).await;
+    for _ in 0..2 {
+        for c in &canaries {
+            tick_docs(c).await?;
+        }
+        w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
+            .await?;
+    }
+    w.pause(us, eu, true);
+    let mut stale = Vec::new();
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let us_docs = tick_docs(&canaries[0]).await?;
+        // (Read before eu-west-1 writes this round's heartbeat, as us-east-1 just did.)
+        let us_want = staleness_from_state(&w, eu, us).await?;
+        let eu_docs = tick_docs(&canaries[1]).await?;
+        // us-east-1 → eu-west-1 is paused: eu-west-1's staleness for it is the gap between
+        // us-east-1's own heartbeat and eu-west-1's copy, as the replicas hold them.
+        let want = staleness_from_state(&w, us, eu).await?;
+        let got = pair_values(&eu_docs, "Staleness", us, eu);
+        assert_eq!(got, want, "round {round}: {eu_docs:?}");
+        assert!(
+            pair_values(&eu_docs, "PeerDown", us, eu).is_empty(),
+            "{eu_docs:?}"
+        );
+        let max = got.iter().map(|(_, s)| *s).fold(0.0, f64::max);
+        assert_eq!(worst_staleness(&eu_docs, eu), Some(max), "{eu_docs:?}");
+        stale.push(max);
+        // eu-west-1 → us-east-1 flows: us-east-1 is one tick interval behind at most.
+        let got = pair_values(&us_docs, "Staleness", eu, us);
+        assert_eq!(got, us_want, "round {round}: {us_docs:?}");
+        assert!(got.iter().all(|(_, s)| *s < 2.0), "round {round}: {got:?}");
+        assert!(
+            worst_staleness(&us_docs, us).is_some_and(|s| s < 2.0),
+            "{us_docs:?}"
+        );
+        w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
+            .await?;
+    }
+    assert!(
+        stale.windows(2).all(|a| a[0] < a[1]) && stale[2] >= 2.1,
+        "the paused pair's staleness grows: {stale:?} s"
+    );
+
+    // Resume: the backlog arrives and staleness falls back to the tick interval.
+    w.pause(us, eu, false);
+    w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
+        .await?;
+    // The copy caught up with us-east-1's last heartbeat, so the staleness of the next
+    // tick is the interval between us-east-1's last two heartbeats.
+    let last = heartbeat_written(&w, us, us).await?;
+    assert_eq!(
+        heartbeat_written(&w, eu, us).await?,
+        last,
+        "the backlog arrived"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    tick_docs(&canaries[0]).await?;
+    let eu_docs = tick_docs(&canaries[1]).await?;
+    let next = heartbeat_written(&w, us, us).await?;
+    let interval = vec![
+        ("assets".to_owned(), (next.1 - last.1) as f64 / 1000.0),
+        (w.table.clone(), (next.0 - last.0) as f64 / 1000.0),
+    ];
+    let got = pair_values(&eu_docs, "Staleness", us, eu);
+    assert_eq!(got, interval, "staleness is back to the tick interval");
+    assert!(
+        got.iter().all(|(_, s)| *s < stale[2]),
+        "below the stalled value {}: {got:?}",
+        stale[2]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn a_stopped_or_unreachable_peer_is_down_and_leaves_this_region_healthy() -> Result<()> {
+    let (us, eu) = ("us-east-1", "eu-west-1");
+    let mut w = World::start(Options::default()).await?;
+    let mut config = tidemark::config::Config::load(&w.config_path)?;
+    config.deployment.peer_down_after_seconds = 1;
+    let canaries = world_canaries(&w, &config, None).await;
+    for _ in 0..2 {
+        for c in &canaries {
+            tick_docs(c).await?;
+        }
+        w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
+            .await?;
+    }
+
+    // us-east-1's canary stops: its own heartbeat ages past the limit.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let eu_docs = tick_docs(&canaries[1]).await?;
+    let (own_t, own_o) = heartbeat_written(&w, us, us).await?;
+    assert!(
+        tidemark::now_ms() - own_t.max(own_o) > 1000,
+        "us-east-1's own heartbeats are older than the limit"
+    );
+    let sources = vec![("assets".to_owned(), 1.0), (w.table.clone(), 1.0)];
+    let mut sorted = sources.clone();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        pair_values(&eu_docs, "PeerDown", us, eu),
+        sorted,
+        "{eu_docs:?}"
+    );
+    assert!(
+        pair_values(&eu_docs, "Staleness", us, eu).is_empty(),
+        "{eu_docs:?}"
+    );
+    assert_eq!(worst_staleness(&eu_docs, eu), Some(0.0), "{eu_docs:?}");
+
+    // us-east-1 runs again but eu-west-1 cannot reach it: down as well, and not an error
+    // of eu-west-1's tick.
+    let cut_off = world_canaries(&w, &config, Some(us)).await;
+    tick_docs(&cut_off[0]).await?;
+    w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
+        .await?;
+    let eu_docs = tick_docs(&cut_off[1]).await?;
+    assert_eq!(
+        heartbeat_written(&w, eu, us).await?,
+        heartbeat_written(&w, us, us).await?,
+        "eu-west-1 holds us-east-1's newest heartbeat, yet cannot confirm the peer"
+    );
+    assert_eq!(
+        pair_values(&eu_docs, "PeerDown", us, eu),
+        sorted,
+        "{eu_docs:?}"
+    );
+    assert!(
+        pair_values(&eu_docs, "Staleness", us, eu).is_empty(),
+        "{eu_docs:?}"
+    );
+    assert_eq!(worst_staleness(&eu_docs, eu), Some(0.0), "{eu_docs:?}");
+
+    // The live direction is unaffected: us-east-1 still reports eu-west-1 as live.
+    let us_docs = tick_docs(&cut_off[0]).await?;
+    assert!(
+        pair_values(&us_docs, "PeerDown", eu, us).is_empty(),
+        "{us_docs:?}"
+    );
+    assert_eq!(
+        pair_values(&us_docs, "Staleness", eu, us).len(),
+        2,
+        "{us_docs:?}"
+    );
     Ok(())
 }
