@@ -106,6 +106,21 @@ pub struct Deployment {
     /// threshold of the staleness alarms and of the Route 53 health-check alarm.
     #[serde(default = "default_stale_after")]
     pub stale_after_seconds: u64,
+    /// Longest cache key (UTF-8 bytes) a template may render. A record that renders a
+    /// longer one is rejected (dead-lettered with the reason) instead of being retried
+    /// until the stream gives up: a key too large for any message can never be published.
+    #[serde(default = "default_max_cache_key_bytes")]
+    pub max_cache_key_bytes: usize,
+}
+
+/// Default of `deployment.max_cache_key_bytes`.
+pub const DEFAULT_MAX_CACHE_KEY_BYTES: usize = 1024;
+/// Largest `deployment.max_cache_key_bytes`: such a key fits in one invalidation message
+/// even if every byte must be escaped twice (the packing's worst case).
+pub const MAX_CACHE_KEY_BYTES: usize = 32 * 1024;
+
+fn default_max_cache_key_bytes() -> usize {
+    DEFAULT_MAX_CACHE_KEY_BYTES
 }
 
 fn default_namespace() -> String {
@@ -308,14 +323,20 @@ pub struct Rule {
 }
 
 /// Whether an item with this partition key value is a canary heartbeat (measured, never
-/// invalidated). The stream-processor and `tidemark explain` both decide with this.
+/// invalidated): `<prefix>#<region>`. The stream-processor and `tidemark explain` both
+/// decide with this. The separator is part of the match, so an item named `<prefix>.png`
+/// is an ordinary item.
 pub fn is_heartbeat_item(heartbeat_prefix: &str, partition_key: &str) -> bool {
-    partition_key.starts_with(heartbeat_prefix)
+    partition_key
+        .strip_prefix(heartbeat_prefix)
+        .is_some_and(|rest| rest.starts_with('#'))
 }
 
-/// Whether an object key is a canary heartbeat's (measured, never invalidated).
+/// Whether an object key is a canary heartbeat's (measured, never invalidated):
+/// `<prefix>/<region>`.
 pub fn is_heartbeat_object(heartbeat_prefix: &str, key: &str) -> bool {
-    key.starts_with(heartbeat_prefix)
+    key.strip_prefix(heartbeat_prefix)
+        .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// Placeholders an object template may use.
@@ -688,6 +709,16 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigErrors> {
             "must be at least 1 (0 would call every peer down)",
         );
     }
+    if !(1..=MAX_CACHE_KEY_BYTES).contains(&raw.deployment.max_cache_key_bytes) {
+        c.fail(
+            "",
+            "deployment.max_cache_key_bytes",
+            format!(
+                "expected 1 to {MAX_CACHE_KEY_BYTES} (what one invalidation message can hold), found {}",
+                raw.deployment.max_cache_key_bytes
+            ),
+        );
+    }
 
     let mut names = HashSet::new();
     let mut tables = Vec::new();
@@ -1039,5 +1070,55 @@ action = "delete-replica"
     fn syntax_errors_are_reported() {
         let e = err("[deployment\n");
         assert_eq!(e.field, "(syntax)");
+    }
+
+    #[test]
+    fn cache_key_limit_has_a_default_and_a_range() {
+        let c = Config::parse("t.toml", BASE).unwrap();
+        assert_eq!(
+            c.deployment.max_cache_key_bytes,
+            DEFAULT_MAX_CACHE_KEY_BYTES
+        );
+        let set = |n: &str| {
+            BASE.replace(
+                "regions = [\"us-east-1\", \"eu-west-1\"]",
+                &format!("regions = [\"us-east-1\", \"eu-west-1\"]\nmax_cache_key_bytes = {n}"),
+            )
+        };
+        assert_eq!(
+            Config::parse("t.toml", &set("4096"))
+                .unwrap()
+                .deployment
+                .max_cache_key_bytes,
+            4096
+        );
+        for bad in ["0", "1000000"] {
+            let e = err(&set(bad));
+            assert_eq!(e.field, "deployment.max_cache_key_bytes", "{e}");
+        }
+    }
+
+    #[test]
+    fn heartbeat_names_match_with_their_separator() {
+        assert!(is_heartbeat_item(
+            "tidemark-heartbeat",
+            "tidemark-heartbeat#eu-west-1"
+        ));
+        assert!(!is_heartbeat_item(
+            "tidemark-heartbeat",
+            "tidemark-heartbeat.png"
+        ));
+        assert!(!is_heartbeat_item(
+            "tidemark-heartbeat",
+            "tidemark-heartbeats#x"
+        ));
+        assert!(is_heartbeat_object(
+            "tidemark-heartbeat",
+            "tidemark-heartbeat/eu-west-1"
+        ));
+        assert!(!is_heartbeat_object(
+            "tidemark-heartbeat",
+            "tidemark-heartbeat.png"
+        ));
     }
 }

@@ -14,8 +14,10 @@ use std::collections::HashMap;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 
+use crate::config::DEFAULT_MAX_CACHE_KEY_BYTES;
 use crate::config::{Bucket, Table};
-use crate::ddb::{Image, StreamRecord};
+use crate::ddb::{EventName, Image, StreamRecord, ViewType};
+use crate::error::DecodeError;
 use crate::error::{PortError, StageError};
 use crate::message::{self, Invalidation};
 use crate::metrics::{Dim, Metric, Metrics};
@@ -344,18 +346,73 @@ pub async fn publish_all(
 /// key attributes, so a changed templated attribute invalidates the old and the new key,
 /// and a REMOVE (or TTL delete) uses what the stream still carries.
 pub fn table_keys(table: &Table, record: &StreamRecord<'_>, mut emit: impl FnMut(String)) {
+    table_keys_by_template(table, record, |_, k| emit(k));
+}
+
+/// [`table_keys`], each key with the template that rendered it.
+pub fn table_keys_by_template<'t>(
+    table: &'t Table,
+    record: &StreamRecord<'_>,
+    mut emit: impl FnMut(&'t Template, String),
+) {
     let images = [record.old.as_ref(), record.new.as_ref(), Some(&record.keys)];
-    let mut keys: Vec<String> = Vec::with_capacity(table.cache_keys.len() * 2);
+    let mut keys: Vec<(&Template, String)> = Vec::with_capacity(table.cache_keys.len() * 2);
     for t in &table.cache_keys {
         for img in images.iter().flatten() {
             if let Some(k) = render_key(t, img)
-                && !keys.contains(&k)
+                && !keys.iter().any(|(_, x)| *x == k)
             {
-                keys.push(k);
+                keys.push((t, k));
             }
         }
     }
-    keys.into_iter().for_each(&mut emit);
+    keys.into_iter().for_each(|(t, k)| emit(t, k));
+}
+
+/// Whether `table`'s templates name an attribute that is not a key: then a record must
+/// carry the item images (old for the previous value's key, new for the current one's).
+pub fn needs_images(table: &Table) -> bool {
+    table.cache_keys.iter().any(|t| {
+        t.placeholders().any(|p| {
+            p != table.partition_key.name && table.sort_key.as_ref().is_none_or(|s| s.name != p)
+        })
+    })
+}
+
+/// Rejects a record whose stream cannot serve `table`'s templates. On a `KEYS_ONLY`,
+/// `NEW_IMAGE` or `OLD_IMAGE` stream the keys of the image it lacks (the old e-mail after
+/// a change) would never be invalidated, and nothing would say so: such records are
+/// dead-lettered with the reason, so the RecordsRejected alarm fires at the first one. A
+/// record without the view type is checked by the images its event must carry.
+pub fn check_view(table: &Table, record: &StreamRecord<'_>) -> Result<(), DecodeError> {
+    if !needs_images(table) {
+        return Ok(());
+    }
+    if let Some(v) = record.view_type
+        && v != ViewType::NewAndOldImages
+    {
+        return Err(DecodeError::Unsupported(format!(
+            "stream view type {} cannot serve the cache-key templates of table `{}` (they name \
+             non-key attributes): the stream must be NEW_AND_OLD_IMAGES",
+            v.as_str(),
+            table.name
+        )));
+    }
+    let missing = match record.event_name {
+        EventName::Insert if record.new.is_none() => Some("NewImage"),
+        EventName::Modify if record.old.is_none() => Some("OldImage"),
+        EventName::Modify if record.new.is_none() => Some("NewImage"),
+        EventName::Remove if record.old.is_none() => Some("OldImage"),
+        _ => None,
+    };
+    match missing {
+        Some(image) => Err(DecodeError::Unsupported(format!(
+            "{:?} record has no {image}, which the cache-key templates of table `{}` need: the \
+             stream must be NEW_AND_OLD_IMAGES",
+            record.event_name, table.name
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// One template on one image: `None` when an attribute it names is missing or not scalar.
@@ -370,11 +427,39 @@ pub fn object_keys(
     version: Option<&str>,
     mut emit: impl FnMut(String),
 ) {
+    object_keys_by_template(bucket, key, version, |_, k| emit(k));
+}
+
+/// [`object_keys`], each key with the template that rendered it.
+pub fn object_keys_by_template<'t>(
+    bucket: &'t Bucket,
+    key: &str,
+    version: Option<&str>,
+    mut emit: impl FnMut(&'t Template, String),
+) {
     for t in &bucket.cache_keys {
         if let Some(k) = t.render(|name| object_placeholder(key, version, name)) {
-            emit(k);
+            emit(t, k);
         }
     }
+}
+
+/// A permanent failure when `key` is longer than `max` bytes. The reason names the source
+/// and the template, never the key (it may carry personal data).
+fn check_key_size(
+    source: &str,
+    template: &Template,
+    key: &str,
+    max: usize,
+) -> Result<(), StageError> {
+    if key.len() > max {
+        return Err(StageError::Invalid(format!(
+            "source `{source}`: template `{template}` rendered a cache key of {} bytes, above \
+             deployment.max_cache_key_bytes ({max})",
+            key.len()
+        )));
+    }
+    Ok(())
 }
 
 /// A table change with its configuration resolved.
@@ -391,6 +476,7 @@ pub struct TableChange<'c, 'r> {
 pub struct ObjectEvent<'c> {
     pub bucket: &'c Bucket,
     pub changes: Vec<ObjectChange>,
+    /// `deployment.heartbeat_prefix`: objects under `<prefix>/` are heartbeats.
     pub heartbeat_prefix: &'c str,
 }
 
@@ -399,6 +485,7 @@ pub struct InvalidationStage<'p> {
     publisher: &'p dyn Publish,
     function: &'p str,
     region: &'p str,
+    max_key_bytes: usize,
     coalescer: Coalescer,
 }
 
@@ -408,8 +495,15 @@ impl<'p> InvalidationStage<'p> {
             publisher,
             function,
             region,
+            max_key_bytes: DEFAULT_MAX_CACHE_KEY_BYTES,
             coalescer: Coalescer::default(),
         }
+    }
+
+    /// Keys longer than `max` bytes reject their record (`deployment.max_cache_key_bytes`).
+    pub fn with_max_key_bytes(mut self, max: usize) -> Self {
+        self.max_key_bytes = max;
+        self
     }
 
     pub fn coalescer(&self) -> &Coalescer {
@@ -427,11 +521,16 @@ impl<'c, 'r> Stage<TableChange<'c, 'r>> for InvalidationStage<'_> {
             return Ok(());
         }
         let t = c.table;
+        // The image that describes the item as of this change: a REMOVE has only the old.
+        let current = match c.record.event_name {
+            EventName::Remove => c.record.old.as_ref(),
+            _ => c.record.new.as_ref(),
+        };
         let origin = t
             .app_attributes
             .origin_region
             .as_deref()
-            .and_then(|a| c.record.new.as_ref().and_then(|i| i.scalar(a)))
+            .and_then(|a| current.and_then(|i| i.scalar(a)))
             .map_or_else(
                 || {
                     if c.record.region.is_empty() {
@@ -455,8 +554,18 @@ impl<'c, 'r> Stage<TableChange<'c, 'r>> for InvalidationStage<'_> {
             origin_region: origin,
             replicated: t.replicated,
         };
-        let co = &mut self.coalescer;
-        table_keys(t, &c.record, |k| co.add(&group, k, index, changed_at));
+        let mut keys = Vec::with_capacity(t.cache_keys.len() * 2);
+        table_keys_by_template(t, &c.record, |tpl, k| keys.push((tpl, k)));
+        // Check every key before adding any: a rejected record publishes nothing.
+        for (tpl, k) in &keys {
+            check_key_size(&t.name, tpl, k, self.max_key_bytes)?;
+        }
+        let g = self
+            .coalescer
+            .group(&group.source, &group.origin_region, group.replicated);
+        for (_, k) in keys {
+            self.coalescer.add_to(g, k, index, changed_at);
+        }
         Ok(())
     }
 
@@ -478,6 +587,7 @@ impl<'c> Stage<ObjectEvent<'c>> for InvalidationStage<'_> {
 
     fn observe(&mut self, index: usize, ev: &ObjectEvent<'c>) -> Result<(), StageError> {
         let b = ev.bucket;
+        let mut planned = Vec::new();
         for c in &ev.changes {
             if !matches!(c.kind, ObjectEventKind::Created | ObjectEventKind::Deleted)
                 || crate::config::is_heartbeat_object(ev.heartbeat_prefix, &c.key)
@@ -494,10 +604,19 @@ impl<'c> Stage<ObjectEvent<'c>> for InvalidationStage<'_> {
                 origin_region: region,
                 replicated: b.replicated,
             };
-            let co = &mut self.coalescer;
-            object_keys(b, &c.key, c.version_id.as_deref(), |k| {
-                co.add(&group, k, index, c.event_time_ms)
+            let mut keys = Vec::with_capacity(b.cache_keys.len());
+            object_keys_by_template(b, &c.key, c.version_id.as_deref(), |tpl, k| {
+                keys.push((tpl, k))
             });
+            for (tpl, k) in &keys {
+                check_key_size(&b.name, tpl, k, self.max_key_bytes)?;
+            }
+            planned.push((group, keys, c.event_time_ms));
+        }
+        for (group, keys, at) in planned {
+            for (_, k) in keys {
+                self.coalescer.add(&group, k, index, at);
+            }
         }
         Ok(())
     }
@@ -661,5 +780,220 @@ cache_keys = ["user:{pk}", "user-email:{email}"]
         assert_eq!(batch_requests(&small), vec![0..10, 10..20, 20..25]);
         let big: Vec<Packed> = (0..3).map(|i| mk(i, 200_000)).collect();
         assert_eq!(batch_requests(&big), vec![0..1, 1..2, 2..3]);
+    }
+
+    struct Refusing(Option<PortError>);
+    impl Publish for Refusing {
+        fn publish_batch<'a>(&'a self, entries: &'a [Outbound]) -> BoxFuture<'a, PublishResult> {
+            Box::pin(async move {
+                Ok(entries
+                    .iter()
+                    .map(|_| self.0.clone().map_or(Ok(()), Err))
+                    .collect())
+            })
+        }
+    }
+
+    fn change<'c, 'r>(cfg: &'c Config, raw: &'r str) -> TableChange<'c, 'r> {
+        TableChange {
+            table: &cfg.tables[0],
+            record: StreamRecord::decode(raw).unwrap(),
+            heartbeat: false,
+        }
+    }
+
+    fn origins(stage: &InvalidationStage<'_>) -> Vec<String> {
+        stage
+            .coalescer()
+            .pack(BODY_BUDGET)
+            .iter()
+            .map(|p| {
+                Invalidation::decode(&p.outbound.body)
+                    .unwrap()
+                    .origin_region
+            })
+            .collect()
+    }
+
+    #[test]
+    fn remove_takes_its_origin_region_from_the_old_image() {
+        let cfg = Config::parse(
+            "t.toml",
+            r#"
+[deployment]
+regions = ["us-east-1", "eu-west-1"]
+[residency]
+unmatched = "anywhere"
+[[tables]]
+name = "users"
+partition_key = { name = "pk", type = "S" }
+attributes = ["email", "origin"]
+cache_keys = ["user:{pk}"]
+app_attributes = { origin_region = "origin" }
+"#,
+        )
+        .unwrap();
+        // Deleted in eu-west-1; this is us-east-1's replica stream.
+        let raw = r#"{"eventName":"REMOVE","awsRegion":"us-east-1","dynamodb":{"Keys":{"pk":{"S":"1"}},"SequenceNumber":"1",
+          "OldImage":{"pk":{"S":"1"},"origin":{"S":"eu-west-1"}}}}"#;
+        let p = Refusing(None);
+        let mut stage = InvalidationStage::new(&p, "sp", "us-east-1");
+        stage.observe(0, &change(&cfg, raw)).unwrap();
+        assert_eq!(origins(&stage), ["eu-west-1"]);
+    }
+
+    #[test]
+    fn a_key_above_the_limit_rejects_its_record_and_publishes_nothing() {
+        let cfg = users();
+        let email = format!("{}@example.com", "x".repeat(300 * 1024));
+        let raw = format!(
+            r#"{{"eventName":"MODIFY","dynamodb":{{"Keys":{{"pk":{{"S":"1"}}}},"SequenceNumber":"1",
+              "OldImage":{{"pk":{{"S":"1"}},"email":{{"S":"a@x"}}}},"NewImage":{{"pk":{{"S":"1"}},"email":{{"S":"{email}"}}}}}}}}"#
+        );
+        let p = Refusing(None);
+        let mut stage = InvalidationStage::new(&p, "sp", "us-east-1");
+        let e = stage.observe(0, &change(&cfg, &raw)).unwrap_err();
+        assert_eq!(e.class(), crate::error::Class::Permanent);
+        let why = e.to_string();
+        assert!(
+            why.contains("template `user-email:{email}`")
+                && why.contains(&format!("{} bytes", "user-email:".len() + email.len()))
+                && why.contains("max_cache_key_bytes (1024)"),
+            "{why}"
+        );
+        assert!(!why.contains("xxxxxxxx"), "the reason quotes the key");
+        assert!(
+            stage.coalescer().is_empty(),
+            "none of the record's keys is published"
+        );
+
+        // A configured larger limit lets it through.
+        let mut stage =
+            InvalidationStage::new(&p, "sp", "us-east-1").with_max_key_bytes(400 * 1024);
+        assert!(stage.observe(0, &change(&cfg, &raw)).is_ok());
+    }
+
+    #[test]
+    fn the_largest_allowed_key_fits_one_message_even_escaped_twice() {
+        let worst = "\u{1}".repeat(crate::config::MAX_CACHE_KEY_BYTES);
+        let mut c = Coalescer::default();
+        c.add(&group(), worst, 0, u64::MAX);
+        let packed = c.pack(BODY_BUDGET);
+        assert_eq!(packed.len(), 1);
+        assert!(escaped_len(&packed[0].outbound.body) <= BODY_BUDGET);
+    }
+
+    #[test]
+    fn objects_named_like_the_heartbeat_prefix_are_invalidated() {
+        let cfg = Config::parse(
+            "t.toml",
+            r#"
+[deployment]
+regions = ["us-east-1", "eu-west-1"]
+[residency]
+unmatched = "anywhere"
+[[buckets]]
+name = "assets"
+bucket = "assets-{region}"
+cache_keys = ["asset:{key}"]
+"#,
+        )
+        .unwrap();
+        let p = Refusing(None);
+        let mut stage = InvalidationStage::new(&p, "op", "us-east-1");
+        let obj = |key: &str| ObjectChange {
+            event_id: "e".into(),
+            region: "us-east-1".into(),
+            bucket: "assets-us-east-1".into(),
+            key: key.into(),
+            version_id: None,
+            sequencer: None,
+            kind: ObjectEventKind::Created,
+            event_time_ms: 1,
+        };
+        let ev = ObjectEvent {
+            bucket: &cfg.buckets[0],
+            changes: vec![
+                obj("tidemark-heartbeat.png"),
+                obj("tidemark-heartbeat/us-east-1"),
+                obj("tidemark-heartbeats/x"),
+            ],
+            heartbeat_prefix: "tidemark-heartbeat",
+        };
+        stage.observe(0, &ev).unwrap();
+        let keys: Vec<String> = stage
+            .coalescer()
+            .pack(BODY_BUDGET)
+            .iter()
+            .flat_map(|p| Invalidation::decode(&p.outbound.body).unwrap().keys)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "asset:tidemark-heartbeat.png",
+                "asset:tidemark-heartbeats/x"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_view_type_without_the_needed_images_is_rejected() {
+        let cfg = users();
+        let t = &cfg.tables[0];
+        let modify = |view: &str, old: bool| {
+            let old = if old {
+                r#""OldImage":{"pk":{"S":"1"},"email":{"S":"a@x"}},"#
+            } else {
+                ""
+            };
+            format!(
+                r#"{{"eventName":"MODIFY","dynamodb":{{"Keys":{{"pk":{{"S":"1"}}}},"SequenceNumber":"1",{old}
+                  "NewImage":{{"pk":{{"S":"1"}},"email":{{"S":"b@x"}}}}{view}}}}}"#
+            )
+        };
+        let ok = modify(r#","StreamViewType":"NEW_AND_OLD_IMAGES""#, true);
+        assert!(check_view(t, &StreamRecord::decode(&ok).unwrap()).is_ok());
+        let new_only = modify(r#","StreamViewType":"NEW_IMAGE""#, false);
+        let e = check_view(t, &StreamRecord::decode(&new_only).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("stream view type NEW_IMAGE"), "{e}");
+        // Without the field, the images the event must carry decide.
+        let unlabelled = modify("", false);
+        let e = check_view(t, &StreamRecord::decode(&unlabelled).unwrap()).unwrap_err();
+        assert!(
+            e.to_string().contains("Modify record has no OldImage"),
+            "{e}"
+        );
+        let keys_only = r#"{"eventName":"REMOVE","dynamodb":{"Keys":{"pk":{"S":"1"}},"SequenceNumber":"1","StreamViewType":"KEYS_ONLY"}}"#;
+        assert!(check_view(t, &StreamRecord::decode(keys_only).unwrap()).is_err());
+
+        // Templates over key attributes only work on any view type.
+        let mut key_only_table = t.clone();
+        key_only_table.cache_keys.truncate(1);
+        assert!(!needs_images(&key_only_table));
+        assert!(check_view(&key_only_table, &StreamRecord::decode(keys_only).unwrap()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_refused_publish_entry_is_permanent_and_an_outage_transient() {
+        let mut c = Coalescer::default();
+        c.add(&group(), "k".into(), 4, 1);
+        let packed = c.pack(BODY_BUDGET);
+        let mut metrics = Metrics::new("T");
+        for (e, class) in [
+            (
+                PortError::Permanent("InvalidParameter".into()),
+                crate::error::Class::Permanent,
+            ),
+            (
+                PortError::Transient("Throttled".into()),
+                crate::error::Class::Transient,
+            ),
+        ] {
+            let p = Refusing(Some(e));
+            let failed = publish_all(&p, &packed, "sp", &mut metrics).await;
+            assert_eq!(failed.len(), 1);
+            assert_eq!(failed[0].0, 4);
+            assert_eq!(failed[0].1.class(), class);
+        }
     }
 }

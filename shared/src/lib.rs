@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod objects;
 pub mod pipeline;
 pub mod ports;
+mod proptests;
 pub mod regions;
 pub mod residency;
 mod sample_events;

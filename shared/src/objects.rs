@@ -270,7 +270,11 @@ pub fn decode_form_key(encoded: &str) -> Option<String> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
+                // Exactly two hex digits: `from_str_radix` alone would take `%+1` as 0x01.
                 let hex = encoded.get(i + 1..i + 3)?;
+                if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return None;
+                }
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 2;
             }
@@ -297,15 +301,37 @@ pub fn encode_form_key(key: &str) -> String {
     out
 }
 
-/// Parses `2024-05-01T12:00:00.123Z` (UTC, as AWS sends) to epoch milliseconds.
+/// Parses `2024-05-01T12:00:00.123Z` (UTC, as AWS sends) to epoch milliseconds. `None`
+/// for anything else, including out-of-range fields and times before 1970; the arithmetic
+/// is checked, so no input can overflow it.
 pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
     let s = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
     let (date, time) = s.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let field = |p: &str, max: i64| -> Option<i64> {
+        if p.is_empty() || p.len() > 4 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        p.parse::<i64>().ok().filter(|v| *v <= max)
+    };
+    let mut d = date.splitn(3, '-');
+    let (y, m, day) = (
+        field(d.next()?, 9999)?,
+        field(d.next()?, 12)?,
+        field(d.next()?, 31)?,
+    );
+    if m == 0 || day == 0 {
+        return None;
+    }
     let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    let mut t = hms.splitn(3, ':');
+    let (hh, mm, ss) = (
+        field(t.next()?, 23)?,
+        field(t.next()?, 59)?,
+        field(t.next()?, 60)?, // a leap second
+    );
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let millis: i64 = format!("{frac:0<3}").get(..3)?.parse().ok()?;
     // Days from civil (Howard Hinnant's algorithm).
     let y = if m <= 2 { y - 1 } else { y };
@@ -314,8 +340,14 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
     let mp = (m + 9) % 12;
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let ms = ((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + millis;
+    let days = era
+        .checked_mul(146_097)?
+        .checked_add(doe)?
+        .checked_sub(719_468)?;
+    let secs = days
+        .checked_mul(86_400)?
+        .checked_add(hh * 3600 + mm * 60 + ss)?;
+    let ms = secs.checked_mul(1000)?.checked_add(millis)?;
     u64::try_from(ms).ok()
 }
 
@@ -422,5 +454,35 @@ mod tests {
             "v1"
         );
         assert_eq!(object_placeholder("a", None, "version"), None);
+    }
+
+    #[test]
+    fn percent_escapes_need_two_hex_digits() {
+        // `u8::from_str_radix("+1", 16)` is Ok(1): a sign must not pass for a hex digit.
+        assert_eq!(decode_form_key("a%+1b"), None);
+        assert_eq!(decode_form_key("a%-1b"), None);
+        assert_eq!(decode_form_key("a% 1b"), None);
+        assert_eq!(decode_form_key("a%2fb").unwrap(), "a/b");
+    }
+
+    #[test]
+    fn time_parsing_rejects_out_of_range_fields_without_overflow() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339_ms("2024-02-29T23:59:60.5Z"),
+            Some(1_709_251_200_500)
+        );
+        for bad in [
+            "99999999999999999-01-01T00:00:00Z",
+            "2024-01-01T00:00:99999999999999999Z",
+            "2024-13-01T00:00:00Z",
+            "2024-00-10T00:00:00Z",
+            "2024-01-01T24:00:00Z",
+            "2024-01-01T00:00:00.-5Z",
+            "-2024-01-01T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+        }
     }
 }

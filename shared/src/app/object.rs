@@ -26,7 +26,8 @@ impl crate::lambda::BatchHandler for ObjectProcessor {
         let raws = split_batch(event).map_err(|e| e.to_string())?;
         let mut metrics = Metrics::new(&self.config.deployment.namespace);
         let mut invalidation =
-            InvalidationStage::new(self.ports.publisher.as_ref(), FUNCTION, &self.region);
+            InvalidationStage::new(self.ports.publisher.as_ref(), FUNCTION, &self.region)
+                .with_max_key_bytes(self.config.deployment.max_cache_key_bytes);
         let config = &self.config;
         let region = self.region.as_str();
         let decode = pipeline::decoder(|raw| {

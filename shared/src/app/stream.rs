@@ -7,7 +7,7 @@ use super::Ports;
 use crate::config::Config;
 use crate::ddb::{StreamRecord, split_batch, table_from_arn};
 use crate::error::DecodeError;
-use crate::invalidation::{InvalidationStage, TableChange};
+use crate::invalidation::{InvalidationStage, TableChange, check_view};
 use crate::lag::{HEARTBEAT_WRITTEN_AT, LagStage};
 use crate::metrics::{EmfOut, Metrics};
 use crate::pipeline::{self, Context, Decoded};
@@ -29,7 +29,8 @@ impl crate::lambda::BatchHandler for StreamProcessor {
         let source = first_table(&raws).unwrap_or_else(|| "unknown".to_owned());
         let mut metrics = Metrics::new(&self.config.deployment.namespace);
         let mut invalidation =
-            InvalidationStage::new(self.ports.publisher.as_ref(), FUNCTION, &self.region);
+            InvalidationStage::new(self.ports.publisher.as_ref(), FUNCTION, &self.region)
+                .with_max_key_bytes(self.config.deployment.max_cache_key_bytes);
         let mut lag = LagStage::new(&self.config, &self.region, crate::now_ms());
         let prefix = self.config.deployment.heartbeat_prefix.as_str();
         let config = &self.config;
@@ -79,6 +80,15 @@ impl crate::lambda::BatchHandler for StreamProcessor {
                                 )),
                             };
                         };
+                        if let Err(error) = record
+                            .check_keys(&table.partition_key, table.sort_key.as_ref())
+                            .and_then(|()| check_view(table, &record))
+                        {
+                            return Decoded::Reject {
+                                id: Some(id),
+                                error,
+                            };
+                        }
                         let heartbeat = record
                             .keys
                             .scalar(&table.partition_key.name)
