@@ -62,3 +62,45 @@ pub trait Cache: Send + Sync {
     /// node). Returns how many existed.
     fn unlink<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, PortError>>;
 }
+
+/// A scalar DynamoDB value of a heartbeat item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemValue {
+    S(String),
+    N(String),
+    B(Vec<u8>),
+}
+
+/// The replication canary's reads and writes (DynamoDB and S3 in production).
+pub trait Heartbeats: Send + Sync {
+    /// PutItem of `item` (key attributes included) into `table`.
+    fn put_item<'a>(
+        &'a self,
+        table: &'a str,
+        item: Vec<(String, ItemValue)>,
+    ) -> BoxFuture<'a, Result<(), PortError>>;
+    /// Strongly consistent GetItem of `key`: the number in `attribute`, `None` when the
+    /// item or the attribute does not exist.
+    fn item_written_at<'a>(
+        &'a self,
+        table: &'a str,
+        key: Vec<(String, ItemValue)>,
+        attribute: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, PortError>>;
+    /// PutObject of `key`, with user metadata `metadata` = `written_at_ms` (also the body).
+    fn put_object<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        metadata: &'a str,
+        written_at_ms: u64,
+    ) -> BoxFuture<'a, Result<(), PortError>>;
+    /// HeadObject: the number in user metadata `metadata`, `None` when the object does not
+    /// exist.
+    fn object_written_at<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        metadata: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, PortError>>;
+}

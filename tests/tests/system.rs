@@ -1974,12 +1974,21 @@ async fn world_canaries(
     config: &tidemark::config::Config,
     unreachable: Option<&str>,
 ) -> Vec<tidemark::app::canary::Canary> {
-    use tidemark::app::canary::{Canary, RegionClients};
+    use std::sync::Arc;
+    use tidemark::adapters::heartbeats::AwsHeartbeats;
+    use tidemark::app::canary::Canary;
+    use tidemark::ports::Heartbeats;
     // A closed port, one attempt: a peer that refuses every connection.
     let dead_sdk = tidemark_tests::aws::sdk_config("http://127.0.0.1:9", "us-east-1", 1).await;
-    let dead = RegionClients {
-        dynamodb: aws_sdk_dynamodb::Client::new(&dead_sdk),
-        s3: aws_sdk_s3::Client::new(&dead_sdk),
+    let dead: Arc<dyn Heartbeats> = Arc::new(AwsHeartbeats::new(
+        aws_sdk_dynamodb::Client::new(&dead_sdk),
+        aws_sdk_s3::Client::new(&dead_sdk),
+    ));
+    let store = |r: &str| -> Arc<dyn Heartbeats> {
+        Arc::new(AwsHeartbeats::new(
+            w.region(r).clients.dynamodb.clone(),
+            w.region(r).clients.s3.clone(),
+        ))
     };
     let regions = ["us-east-1", "eu-west-1"];
     regions
@@ -1987,8 +1996,7 @@ async fn world_canaries(
         .map(|r| Canary {
             config: config.clone(),
             region: (*r).to_owned(),
-            dynamodb: w.region(r).clients.dynamodb.clone(),
-            s3: w.region(r).clients.s3.clone(),
+            local: store(r),
             peers: regions
                 .iter()
                 .filter(|p| *p != r)
@@ -1996,10 +2004,7 @@ async fn world_canaries(
                     let c = if unreachable == Some(*p) {
                         dead.clone()
                     } else {
-                        RegionClients {
-                            dynamodb: w.region(p).clients.dynamodb.clone(),
-                            s3: w.region(p).clients.s3.clone(),
-                        }
+                        store(p)
                     };
                     ((*p).to_owned(), c)
                 })

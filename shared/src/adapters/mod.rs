@@ -4,5 +4,6 @@ pub mod account;
 pub mod aws;
 pub mod cache;
 pub mod dead_letter;
+pub mod heartbeats;
 pub mod iam_auth;
 pub mod sns;

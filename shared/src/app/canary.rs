@@ -7,39 +7,44 @@
 //! - P's own heartbeat old or unreadable: P is down (`PeerDown`), no staleness for it, so
 //!   a dead peer never makes this region look unhealthy.
 //!
+//! Every read and write goes through the [`Heartbeats`] port (DynamoDB and S3 in
+//! production, one store per region), so the decisions are unit-tested; a failed call is
+//! contained where it happens (one peer's error never stops the other peers or sources).
+//!
 //! `WorstStaleness` (one value per tick, 0 when no live peer is behind) feeds the Route 53
 //! health-check alarm. `HeartbeatAge` (now − the copy here) stays as a coarse stall
 //! detector that also covers a copy that never arrived.
 
 use std::collections::BTreeMap;
-
-use aws_sdk_dynamodb::types::AttributeValue;
+use std::sync::Arc;
 
 use crate::config::{Bucket, Config, KeyType, Table};
+use crate::error::PortError;
 use crate::metrics::{Dim, Metric, Metrics};
+use crate::ports::{Heartbeats, ItemValue};
 
 pub const FUNCTION: &str = "replication-canary";
 /// Attribute / metadata holding the heartbeat's write time (epoch ms); the stream-processor
 /// measures replication lag from it.
 pub const WRITTEN_AT: &str = crate::lag::HEARTBEAT_WRITTEN_AT;
 
-/// The clients of one region.
-#[derive(Debug, Clone)]
-pub struct RegionClients {
-    pub dynamodb: aws_sdk_dynamodb::Client,
-    pub s3: aws_sdk_s3::Client,
-}
-
-#[derive(Debug)]
 pub struct Canary {
     pub config: Config,
     pub region: String,
     /// This region: own heartbeat writes, reads of the peers' copies.
-    pub dynamodb: aws_sdk_dynamodb::Client,
-    pub s3: aws_sdk_s3::Client,
+    pub local: Arc<dyn Heartbeats>,
     /// Per peer region: reads of the peer's own heartbeat in the peer (cross-region).
     /// A peer without an entry is read as unreachable.
-    pub peers: BTreeMap<String, RegionClients>,
+    pub peers: BTreeMap<String, Arc<dyn Heartbeats>>,
+}
+
+impl std::fmt::Debug for Canary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Canary")
+            .field("region", &self.region)
+            .field("peers", &self.peers.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// What one peer's two heartbeats say about it and about this region.
@@ -79,57 +84,16 @@ pub fn heartbeat_object_key(prefix: &str, region: &str) -> String {
     format!("{prefix}/{region}")
 }
 
-fn key_value(kind: KeyType, text: &str) -> AttributeValue {
+fn key_value(kind: KeyType, text: &str) -> ItemValue {
     match kind {
-        KeyType::S => AttributeValue::S(text.to_owned()),
-        KeyType::N => AttributeValue::N("0".to_owned()),
-        KeyType::B => AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(text.as_bytes())),
+        KeyType::S => ItemValue::S(text.to_owned()),
+        KeyType::N => ItemValue::N("0".to_owned()),
+        KeyType::B => ItemValue::B(text.as_bytes().to_vec()),
     }
 }
 
-/// The heartbeat time (epoch ms) of `region`'s item in table `t`, read through `client`.
-async fn item_written(
-    client: &aws_sdk_dynamodb::Client,
-    t: &Table,
-    key: std::collections::HashMap<String, AttributeValue>,
-) -> Result<Option<u64>, String> {
-    let out = client
-        .get_item()
-        .table_name(&t.name)
-        .set_key(Some(key))
-        .consistent_read(true)
-        .send()
-        .await
-        .map_err(|e| {
-            format!(
-                "GetItem: {}",
-                aws_sdk_dynamodb::error::DisplayErrorContext(e)
-            )
-        })?;
-    Ok(out
-        .item()
-        .and_then(|i| i.get(WRITTEN_AT))
-        .and_then(|v| v.as_n().ok())
-        .and_then(|n| n.parse::<u64>().ok()))
-}
-
-/// The heartbeat time (epoch ms) of object `key` in `bucket`; a missing object is `None`.
-async fn object_written(
-    client: &aws_sdk_s3::Client,
-    bucket: &str,
-    key: &str,
-) -> Result<Option<u64>, String> {
-    match client.head_object().bucket(bucket).key(key).send().await {
-        Ok(h) => Ok(h
-            .metadata()
-            .and_then(|m| m.get(WRITTEN_AT))
-            .and_then(|v| v.parse::<u64>().ok())),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
-        Err(e) => Err(format!(
-            "HeadObject: {}",
-            aws_sdk_s3::error::DisplayErrorContext(e)
-        )),
-    }
+fn no_store(peer: &str) -> PortError {
+    PortError::Transient(format!("no heartbeat store for region {peer}"))
 }
 
 /// This tick's worst staleness against live peers (ms); `None` until a pair was assessed.
@@ -177,20 +141,15 @@ impl Canary {
         }
     }
 
-    fn item_key(
-        &self,
-        t: &Table,
-        region: &str,
-    ) -> std::collections::HashMap<String, AttributeValue> {
+    fn item_key(&self, t: &Table, region: &str) -> Vec<(String, ItemValue)> {
         let prefix = &self.config.deployment.heartbeat_prefix;
         let pk = heartbeat_pk(prefix, region);
-        let mut key = std::collections::HashMap::new();
-        key.insert(
+        let mut key = vec![(
             t.partition_key.name.clone(),
             key_value(t.partition_key.kind, &pk),
-        );
+        )];
         if let Some(sk) = &t.sort_key {
-            key.insert(sk.name.clone(), key_value(sk.kind, "heartbeat"));
+            key.push((sk.name.clone(), key_value(sk.kind, "heartbeat")));
         }
         key
     }
@@ -204,30 +163,23 @@ impl Canary {
     ) {
         let now = crate::now_ms();
         let mut item = self.item_key(t, &self.region);
-        item.insert(WRITTEN_AT.to_owned(), AttributeValue::N(now.to_string()));
+        item.push((WRITTEN_AT.to_owned(), ItemValue::N(now.to_string())));
         if let Some(a) = &t.app_attributes.written_at_ms {
-            item.insert(a.clone(), AttributeValue::N(now.to_string()));
+            item.push((a.clone(), ItemValue::N(now.to_string())));
         }
         if let Some(a) = &t.app_attributes.origin_region {
-            item.insert(a.clone(), AttributeValue::S(self.region.clone()));
+            item.push((a.clone(), ItemValue::S(self.region.clone())));
         }
-        match self
-            .dynamodb
-            .put_item()
-            .table_name(&t.name)
-            .set_item(Some(item))
-            .send()
-            .await
-        {
-            Ok(_) => metrics.put(Metric::HeartbeatsWritten, &[(Dim::Source, &t.name)], 1.0),
-            Err(e) => errors.push(format!(
-                "table {}: PutItem: {}",
-                t.name,
-                aws_sdk_dynamodb::error::DisplayErrorContext(e)
-            )),
+        match self.local.put_item(&t.name, item).await {
+            Ok(()) => metrics.put(Metric::HeartbeatsWritten, &[(Dim::Source, &t.name)], 1.0),
+            Err(e) => errors.push(format!("table {}: {e}", t.name)),
         }
         for peer in self.config.peers(&self.region) {
-            let copy = match item_written(&self.dynamodb, t, self.item_key(t, peer)).await {
+            let copy = match self
+                .local
+                .item_written_at(&t.name, self.item_key(t, peer), WRITTEN_AT)
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     errors.push(format!("table {}, copy of {peer}'s heartbeat: {e}", t.name));
@@ -235,8 +187,11 @@ impl Canary {
                 }
             };
             let own = match self.peers.get(peer) {
-                Some(p) => item_written(&p.dynamodb, t, self.item_key(t, peer)).await,
-                None => Err("no client for this region".to_owned()),
+                Some(p) => {
+                    p.item_written_at(&t.name, self.item_key(t, peer), WRITTEN_AT)
+                        .await
+                }
+                None => Err(no_store(peer)),
             };
             self.report(metrics, worst, &t.name, peer, own, copy);
         }
@@ -252,26 +207,22 @@ impl Canary {
         let now = crate::now_ms();
         let prefix = &self.config.deployment.heartbeat_prefix;
         let bucket = b.bucket_in(&self.region);
+        let own_key = heartbeat_object_key(prefix, &self.region);
         match self
-            .s3
-            .put_object()
-            .bucket(&bucket)
-            .key(heartbeat_object_key(prefix, &self.region))
-            .metadata(WRITTEN_AT, now.to_string())
-            .body(now.to_string().into_bytes().into())
-            .send()
+            .local
+            .put_object(&bucket, &own_key, WRITTEN_AT, now)
             .await
         {
-            Ok(_) => metrics.put(Metric::HeartbeatsWritten, &[(Dim::Source, &b.name)], 1.0),
-            Err(e) => errors.push(format!(
-                "bucket {}: PutObject: {}",
-                b.name,
-                aws_sdk_s3::error::DisplayErrorContext(e)
-            )),
+            Ok(()) => metrics.put(Metric::HeartbeatsWritten, &[(Dim::Source, &b.name)], 1.0),
+            Err(e) => errors.push(format!("bucket {}: {e}", b.name)),
         }
         for peer in self.config.peers(&self.region) {
             let key = heartbeat_object_key(prefix, peer);
-            let copy = match object_written(&self.s3, &bucket, &key).await {
+            let copy = match self
+                .local
+                .object_written_at(&bucket, &key, WRITTEN_AT)
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     errors.push(format!(
@@ -283,8 +234,11 @@ impl Canary {
             };
             // The peer's own heartbeat lives in the peer's bucket.
             let own = match self.peers.get(peer) {
-                Some(p) => object_written(&p.s3, &b.bucket_in(peer), &key).await,
-                None => Err("no client for this region".to_owned()),
+                Some(p) => {
+                    p.object_written_at(&b.bucket_in(peer), &key, WRITTEN_AT)
+                        .await
+                }
+                None => Err(no_store(peer)),
             };
             self.report(metrics, worst, &b.name, peer, own, copy);
         }
@@ -296,7 +250,7 @@ impl Canary {
         worst: &mut Worst,
         source: &str,
         peer: &str,
-        own: Result<Option<u64>, String>,
+        own: Result<Option<u64>, PortError>,
         copy: Option<u64>,
     ) {
         let now = crate::now_ms();
@@ -365,6 +319,7 @@ pub const PEER_OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::fro
 impl Canary {
     /// Init: configuration and clients (this region's and one per peer), no network calls.
     pub async fn from_env() -> Result<Self, crate::settings::SettingsError> {
+        use crate::adapters::heartbeats::AwsHeartbeats;
         let (config, region, sdk) = super::base_from_env().await?;
         let peer_timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(crate::adapters::aws::CONNECT_TIMEOUT)
@@ -379,18 +334,18 @@ impl Canary {
                     .region(aws_config::Region::new(p.to_owned()))
                     .timeout_config(peer_timeouts.clone())
                     .build();
-                (
-                    p.to_owned(),
-                    RegionClients {
-                        dynamodb: aws_sdk_dynamodb::Client::new(&peer_sdk),
-                        s3: crate::adapters::aws::s3_client(&peer_sdk),
-                    },
-                )
+                let store: Arc<dyn Heartbeats> = Arc::new(AwsHeartbeats::new(
+                    aws_sdk_dynamodb::Client::new(&peer_sdk),
+                    crate::adapters::aws::s3_client(&peer_sdk),
+                ));
+                (p.to_owned(), store)
             })
             .collect();
         Ok(Self {
-            dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
-            s3: crate::adapters::aws::s3_client(&sdk),
+            local: Arc::new(AwsHeartbeats::new(
+                aws_sdk_dynamodb::Client::new(&sdk),
+                crate::adapters::aws::s3_client(&sdk),
+            )),
             config,
             region,
             peers,
@@ -399,6 +354,7 @@ impl Canary {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -443,6 +399,273 @@ mod tests {
         assert_eq!(
             assess(now, Some(now - 3_000), None, DOWN_AFTER),
             PeerView::LiveNoCopy
+        );
+    }
+
+    // ------------------------------------------------------------ the tick, through the port
+
+    use futures::future::BoxFuture;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// One region's tables and buckets in memory; reads or writes of names containing
+    /// `fail` fail transiently.
+    #[derive(Default)]
+    struct Region {
+        items: Mutex<HashMap<(String, String), u64>>,
+        objects: Mutex<HashMap<(String, String), u64>>,
+        fail: Vec<&'static str>,
+    }
+
+    fn pk_of(key: &[(String, ItemValue)]) -> String {
+        match &key[0].1 {
+            ItemValue::S(s) | ItemValue::N(s) => s.clone(),
+            ItemValue::B(b) => String::from_utf8_lossy(b).into_owned(),
+        }
+    }
+
+    impl Region {
+        fn check(&self, what: &str) -> Result<(), PortError> {
+            match self.fail.iter().find(|f| what.contains(*f)) {
+                Some(_) => Err(PortError::Transient(format!("{what}: throttled"))),
+                None => Ok(()),
+            }
+        }
+    }
+
+    impl Heartbeats for Region {
+        fn put_item<'a>(
+            &'a self,
+            table: &'a str,
+            item: Vec<(String, ItemValue)>,
+        ) -> BoxFuture<'a, Result<(), PortError>> {
+            Box::pin(async move {
+                let pk = pk_of(&item);
+                self.check(&format!("put {table} {pk}"))?;
+                let at = item
+                    .iter()
+                    .find(|(k, _)| k == WRITTEN_AT)
+                    .and_then(|(_, v)| match v {
+                        ItemValue::N(n) => n.parse().ok(),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                self.items.lock().unwrap().insert((table.into(), pk), at);
+                Ok(())
+            })
+        }
+        fn item_written_at<'a>(
+            &'a self,
+            table: &'a str,
+            key: Vec<(String, ItemValue)>,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Option<u64>, PortError>> {
+            Box::pin(async move {
+                let pk = pk_of(&key);
+                self.check(&format!("get {table} {pk}"))?;
+                Ok(self.items.lock().unwrap().get(&(table.into(), pk)).copied())
+            })
+        }
+        fn put_object<'a>(
+            &'a self,
+            bucket: &'a str,
+            key: &'a str,
+            _: &'a str,
+            at: u64,
+        ) -> BoxFuture<'a, Result<(), PortError>> {
+            Box::pin(async move {
+                self.check(&format!("put {bucket} {key}"))?;
+                self.objects
+                    .lock()
+                    .unwrap()
+                    .insert((bucket.into(), key.into()), at);
+                Ok(())
+            })
+        }
+        fn object_written_at<'a>(
+            &'a self,
+            bucket: &'a str,
+            key: &'a str,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Option<u64>, PortError>> {
+            Box::pin(async move {
+                self.check(&format!("get {bucket} {key}"))?;
+                Ok(self
+                    .objects
+                    .lock()
+                    .unwrap()
+                    .get(&(bucket.into(), key.into()))
+                    .copied())
+            })
+        }
+    }
+
+    const US: &str = "us-east-1";
+    const EU: &str = "eu-west-1";
+    const AP: &str = "ap-southeast-2";
+
+    fn three_regions() -> Config {
+        Config::parse(
+            "t.toml",
+            r#"
+[deployment]
+regions = ["us-east-1", "eu-west-1", "ap-southeast-2"]
+[residency]
+unmatched = "anywhere"
+[[tables]]
+name = "users"
+partition_key = { name = "pk", type = "S" }
+canary = { enabled = true }
+[[buckets]]
+name = "assets"
+bucket = "assets-{region}"
+canary = { enabled = true }
+"#,
+        )
+        .unwrap()
+    }
+
+    /// A canary in us-east-1 with these stores (its own, the peers').
+    fn canary(local: Region, peers: Vec<(&str, Region)>) -> Canary {
+        let peers = peers
+            .into_iter()
+            .map(|(r, store)| {
+                let store: Arc<dyn Heartbeats> = Arc::new(store);
+                (r.to_owned(), store)
+            })
+            .collect();
+        Canary {
+            config: three_regions(),
+            region: US.into(),
+            local: Arc::new(local),
+            peers,
+        }
+    }
+
+    fn seeded(fail: Vec<&'static str>, beats: &[(&str, u64)]) -> Region {
+        let r = Region {
+            fail,
+            ..Region::default()
+        };
+        for (region, at) in beats {
+            r.items.lock().unwrap().insert(
+                ("users".into(), heartbeat_pk("tidemark-heartbeat", region)),
+                *at,
+            );
+            for b in [US, EU, AP] {
+                r.objects.lock().unwrap().insert(
+                    (
+                        format!("assets-{b}"),
+                        heartbeat_object_key("tidemark-heartbeat", region),
+                    ),
+                    *at,
+                );
+            }
+        }
+        r
+    }
+
+    /// (metric, source, source region) of every value the tick emitted, with the value.
+    fn emitted(metrics: &mut Metrics) -> Vec<(String, String, String, f64)> {
+        let mut out = Vec::new();
+        for d in metrics.drain_documents(0) {
+            for m in ["Staleness", "PeerDown", "HeartbeatAge", "HeartbeatsWritten"] {
+                if let Some(v) = d.get(m) {
+                    let values: Vec<f64> = match v {
+                        serde_json::Value::Array(a) => {
+                            a.iter().filter_map(|x| x.as_f64()).collect()
+                        }
+                        x => x.as_f64().into_iter().collect(),
+                    };
+                    for v in values {
+                        out.push((
+                            m.to_owned(),
+                            d["Source"].as_str().unwrap_or("").to_owned(),
+                            d["SourceRegion"].as_str().unwrap_or("").to_owned(),
+                            v,
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn one_peers_failed_read_does_not_stop_the_other_peers_or_sources() {
+        let now = crate::now_ms();
+        // Here: the copy of eu-west-1's heartbeat cannot be read (table and bucket); the
+        // copy of ap-southeast-2's is 30 s behind its own.
+        let local = seeded(
+            vec![
+                "tidemark-heartbeat#eu-west-1",
+                "tidemark-heartbeat/eu-west-1",
+            ],
+            &[(AP, now - 31_000)],
+        );
+        let eu = seeded(vec![], &[(EU, now - 1_000)]);
+        let ap = seeded(vec![], &[(AP, now - 1_000)]);
+        let c = canary(local, vec![(EU, eu), (AP, ap)]);
+        let mut metrics = Metrics::new("T");
+        let err = c.tick_into(&mut metrics).await.unwrap_err();
+        assert!(err.contains("copy of eu-west-1's heartbeat"), "{err}");
+        let got = emitted(&mut metrics);
+        for source in ["users", "assets"] {
+            let staleness: Vec<f64> = got
+                .iter()
+                .filter(|(m, s, r, _)| m == "Staleness" && s == source && r == AP)
+                .map(|x| x.3)
+                .collect();
+            assert_eq!(staleness.len(), 1, "{source}: {got:?}");
+            assert!((29.0..=31.0).contains(&staleness[0]), "{staleness:?}");
+            assert!(
+                got.iter()
+                    .any(|(m, s, _, _)| m == "HeartbeatsWritten" && s == source),
+                "{source}: {got:?}"
+            );
+        }
+        assert!(
+            !got.iter().any(|(_, _, r, _)| r == EU),
+            "nothing is reported for the unreadable pair: {got:?}"
+        );
+        // Its own heartbeats were written here.
+        assert!(
+            c.local
+                .item_written_at("users", c.item_key(&c.config.tables[0], US), WRITTEN_AT)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_peer_is_down_and_a_failed_write_still_reads_the_peers() {
+        let now = crate::now_ms();
+        let local = seeded(
+            vec!["put users", "put assets"],
+            &[(EU, now - 5_000), (AP, now - 2_000)],
+        );
+        let eu = seeded(vec!["get"], &[(EU, now - 1_000)]);
+        let ap = seeded(vec![], &[(AP, now - 2_000)]);
+        let c = canary(local, vec![(EU, eu), (AP, ap)]);
+        let mut metrics = Metrics::new("T");
+        let err = c.tick_into(&mut metrics).await.unwrap_err();
+        assert!(err.contains("table users: put users"), "{err}");
+        assert!(err.contains("bucket assets: put assets"), "{err}");
+        let got = emitted(&mut metrics);
+        assert!(
+            got.iter()
+                .any(|(m, s, r, _)| m == "PeerDown" && s == "users" && r == EU),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|(m, s, r, v)| m == "Staleness" && s == "users" && r == AP && *v == 0.0),
+            "{got:?}"
+        );
+        assert!(
+            !got.iter().any(|(m, _, _, _)| m == "HeartbeatsWritten"),
+            "{got:?}"
         );
     }
 }
