@@ -12,6 +12,7 @@ pub mod config;
 pub mod ddb;
 pub mod error;
 pub mod explain;
+pub mod flush;
 pub mod invalidation;
 pub mod lag;
 pub mod lambda;

@@ -79,6 +79,7 @@ pub enum Metric {
     KeysInvalidated,
     InvalidationAge,
     CacheFailures,
+    KeysFlushed,
     ReplicationLag,
     DeliveryDelay,
     EndToEndLag,
@@ -197,6 +198,14 @@ pub const CATALOG: &[Spec] = &[
         dimensions: &[Function],
         high_resolution: false,
         help: "cache round trips that failed (their messages are retried)",
+    },
+    Spec {
+        metric: Metric::KeysFlushed,
+        name: "KeysFlushed",
+        unit: Unit::Count,
+        dimensions: &[Function],
+        high_resolution: false,
+        help: "keys a flush command removed (SCAN by template prefix, then UNLINK)",
     },
     Spec {
         metric: Metric::ReplicationLag,

@@ -61,6 +61,40 @@ pub trait Cache: Send + Sync {
     /// Deletes every key in as few round trips as the topology allows (one for a single
     /// node). Returns how many existed.
     fn unlink<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, PortError>>;
+
+    /// Deletes every key starting with `prefix` (`""`: every key) on every node: SCAN, then
+    /// UNLINK in batches with a pause between them; `progress` gets the running count.
+    /// Returns how many keys were removed.
+    fn flush_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+        plan: FlushPlan,
+        progress: &'a (dyn Fn(u64) + Send + Sync),
+    ) -> BoxFuture<'a, Result<u64, PortError>> {
+        let _ = (prefix, plan, progress);
+        Box::pin(async {
+            Err(PortError::Permanent(
+                "this cache adapter cannot flush by prefix".into(),
+            ))
+        })
+    }
+}
+
+/// How fast a flush goes: keys per SCAN/UNLINK round, and the pause between rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushPlan {
+    pub batch: usize,
+    pub pause: std::time::Duration,
+}
+
+impl Default for FlushPlan {
+    /// 500 keys per round, 10 ms apart: at most ~50,000 UNLINKs a second per node.
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            pause: std::time::Duration::from_millis(10),
+        }
+    }
 }
 
 /// A scalar DynamoDB value of a heartbeat item.

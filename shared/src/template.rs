@@ -92,6 +92,15 @@ impl Template {
         &self.source
     }
 
+    /// The literal text before the first placeholder: every key this template renders
+    /// starts with it (empty when the template starts with a placeholder).
+    pub fn literal_prefix(&self) -> &str {
+        match self.parts.first() {
+            Some(Part::Literal(l)) => l,
+            _ => "",
+        }
+    }
+
     pub fn placeholders(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
             Part::Placeholder(n) => Some(n.as_str()),
@@ -134,6 +143,16 @@ mod tests {
         let got = t.render(|n| Some(Cow::Owned(n.to_uppercase()))).unwrap();
         assert_eq!(got, "u:PK:{x}:SK");
         assert_eq!(t.placeholders().collect::<Vec<_>>(), ["pk", "sk"]);
+    }
+
+    #[test]
+    fn literal_prefix_is_the_text_before_the_first_placeholder() {
+        assert_eq!(Template::parse("u:{pk}:x").unwrap().literal_prefix(), "u:");
+        assert_eq!(
+            Template::parse("{{a}}:{pk}").unwrap().literal_prefix(),
+            "{a}:"
+        );
+        assert_eq!(Template::parse("{pk}:u").unwrap().literal_prefix(), "");
     }
 
     #[test]

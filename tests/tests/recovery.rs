@@ -286,3 +286,165 @@ async fn stream_failures_are_reported_by_sequence_number_only() -> Result<()> {
     assert!(err.contains("without an identifier"), "{err}");
     Ok(())
 }
+
+/// Fills a cache with keys of `id`: stale ones under the source's prefixes, and others.
+fn flush_fixture(id: &str) -> (Vec<String>, Vec<String>) {
+    let mut stale: Vec<String> = (0..1200).map(|i| format!("{id}:user:{i}")).collect();
+    stale.push(format!("{id}:user-email:old@example.com"));
+    stale.push(format!("{id}:user:{{tagged}}:x"));
+    let kept = vec![
+        format!("{id}:asset:logo.png"),
+        format!("{id}:session:9"),
+        format!("{id}:usr:1"),
+    ];
+    (stale, kept)
+}
+
+fn flush_command(id: &str, table: &str) -> Result<tidemark::flush::FlushCommand> {
+    let config = tidemark::config::Config::parse(
+        "test.toml",
+        &tidemark_tests::world::world_config(id, table, false),
+    )?;
+    let prefixes = tidemark::flush::prefixes(&config, table)?;
+    assert_eq!(
+        prefixes,
+        [format!("{id}:user:"), format!("{id}:user-email:")]
+    );
+    Ok(tidemark::flush::FlushCommand::new(
+        table, REGION, prefixes, false,
+    ))
+}
+
+async fn flush_locally(url: &str, cluster: bool) -> Result<()> {
+    use redis::AsyncCommands;
+    use tidemark::adapters::cache::{CacheAuth, CacheSettings, RedisCache};
+    let id = unique("flush");
+    let table = format!("{id}-users");
+    let (stale, kept) = flush_fixture(&id);
+    let everything: Vec<&String> = stale.iter().chain(&kept).collect();
+    let present = |found: Vec<String>| -> Vec<String> {
+        let mut f: Vec<String> = found
+            .into_iter()
+            .filter(|k| k.starts_with(&format!("{id}:")))
+            .collect();
+        f.sort();
+        f
+    };
+    let remaining = if cluster {
+        let client = redis::cluster::ClusterClient::new(vec![url])?;
+        let mut c = client.get_async_connection().await?;
+        for k in &everything {
+            c.set::<_, _, ()>(k.as_str(), "v").await?;
+        }
+        let cache = RedisCache::new(CacheSettings {
+            url: url.to_owned(),
+            cluster: true,
+            ca_pem: None,
+            username: None,
+            auth: CacheAuth::None,
+        });
+        let cmd = flush_command(&id, &table)?;
+        let plan = tidemark::ports::FlushPlan {
+            batch: 100,
+            pause: std::time::Duration::ZERO,
+        };
+        let report = tidemark::flush::run(&cache, &cmd, plan, &|_, _| {}).await?;
+        assert_eq!(report.total(), stale.len() as u64);
+        let mut left = Vec::new();
+        for k in &everything {
+            if c.exists::<_, bool>(k.as_str()).await? {
+                left.push((*k).clone());
+            }
+        }
+        left
+    } else {
+        let client = redis::Client::open(url)?;
+        let mut c = client.get_multiplexed_async_connection().await?;
+        for k in &everything {
+            c.set::<_, _, ()>(k.as_str(), "v").await?;
+        }
+        let cache = RedisCache::new(CacheSettings {
+            url: url.to_owned(),
+            cluster: false,
+            ca_pem: None,
+            username: None,
+            auth: CacheAuth::None,
+        });
+        let cmd = flush_command(&id, &table)?;
+        let plan = tidemark::ports::FlushPlan {
+            batch: 100,
+            pause: std::time::Duration::ZERO,
+        };
+        let report = tidemark::flush::run(&cache, &cmd, plan, &|_, _| {}).await?;
+        assert_eq!(report.total(), stale.len() as u64);
+        redis::cmd("KEYS")
+            .arg(format!("{id}:*"))
+            .query_async::<Vec<String>>(&mut c)
+            .await?
+    };
+    let mut want = kept.clone();
+    want.sort();
+    assert_eq!(
+        present(remaining),
+        want,
+        "only keys outside the prefixes remain"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn flush_removes_keys_under_each_prefix_and_leaves_others() -> Result<()> {
+    let e = Emulators::from_env()?;
+    flush_locally(e.redis_url(REGION), false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn flush_scans_every_cluster_node() -> Result<()> {
+    let url = std::env::var("TIDEMARK_REDIS_CLUSTER_URL")
+        .context("TIDEMARK_REDIS_CLUSTER_URL is not set: run scripts/test.sh")?;
+    flush_locally(&url, true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn flush_command_travels_through_the_invalidation_queue() -> Result<()> {
+    use tidemark_tests::world::{Options, World};
+    let mut w = World::start(Options::default()).await?;
+    for k in [
+        "user:1",
+        "user:2",
+        "user-email:old@example.com",
+        "asset:logo.png",
+        "session:9",
+    ] {
+        w.set_cached(REGION, k, "stale").await?;
+    }
+    let mut other = w.cached_keys("eu-west-1").await?;
+    w.set_cached("eu-west-1", "user:1", "v").await?;
+    other.push(format!("{}user:1", w.key_prefix));
+    let config = tidemark::config::Config::load(&w.config_path)?;
+    let cmd = tidemark::flush::FlushCommand::new(
+        &w.table,
+        REGION,
+        tidemark::flush::prefixes(&config, &w.table)?,
+        false,
+    );
+    let r = w.region(REGION);
+    tidemark::flush::send(&r.clients.sqs, &r.queue_url, &cmd)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    w.settle().await?;
+    assert_eq!(
+        w.cached(REGION).await?,
+        ["asset:logo.png", "session:9"],
+        "the invalidator flushed the source's prefixes in its region"
+    );
+    assert_eq!(
+        w.cached_keys("eu-west-1").await?,
+        other,
+        "another region's cache is untouched"
+    );
+    Ok(())
+}

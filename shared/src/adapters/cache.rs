@@ -20,7 +20,7 @@ use redis::cluster_async::ClusterConnection;
 use tokio::sync::Mutex;
 
 use crate::error::PortError;
-use crate::ports::Cache;
+use crate::ports::{Cache, FlushPlan};
 
 /// Keys per UNLINK command: bounded so one command never blocks the server for long.
 const KEYS_PER_COMMAND: usize = 512;
@@ -203,13 +203,24 @@ impl RedisCache {
     }
 
     async fn try_connect(&self) -> Result<(Conn, Option<SystemTime>), String> {
+        self.try_connect_to(&self.settings.url, self.settings.cluster)
+            .await
+    }
+
+    /// Connects to `url` (the configured URL, or one cluster node's) with the configured
+    /// TLS roots and credentials.
+    async fn try_connect_to(
+        &self,
+        url: &str,
+        cluster: bool,
+    ) -> Result<(Conn, Option<SystemTime>), String> {
         let s = &self.settings;
         let (password, signed_at) = self.password().await?;
         let username = match &s.auth {
             CacheAuth::Iam { target, .. } => Some(target.user_id.clone()),
             _ => s.username.clone(),
         };
-        let mut info = redis::IntoConnectionInfo::into_connection_info(s.url.as_str())
+        let mut info = redis::IntoConnectionInfo::into_connection_info(url)
             .map_err(|e| format!("cache url: {e}"))?;
         let mut redis_settings = info.redis_settings().clone();
         if let Some(u) = &username {
@@ -223,7 +234,7 @@ impl RedisCache {
             client_tls: None,
             root_cert: s.ca_pem.clone(),
         };
-        if s.cluster {
+        if cluster {
             let mut b = redis::cluster::ClusterClientBuilder::new(vec![info.clone()]);
             if let Some(u) = &username {
                 b = b.username(u.clone());
@@ -327,6 +338,137 @@ impl RedisCache {
     }
 }
 
+/// SCAN MATCH pattern for keys starting with `prefix` (glob characters escaped).
+pub fn prefix_pattern(prefix: &str) -> String {
+    let mut p = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('*');
+    p
+}
+
+/// Masters of a cluster from `CLUSTER NODES`: `host:port` each.
+pub fn cluster_masters(nodes: &str) -> Vec<String> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let _id = f.next()?;
+            let addr = f.next()?;
+            let flags = f.next()?;
+            let is_master = flags.split(',').any(|x| x == "master")
+                && !flags.split(',').any(|x| x == "fail" || x == "noaddr");
+            // `ip:port@cport[,hostname]`
+            let hostport = addr.split('@').next()?;
+            is_master.then(|| hostport.to_owned())
+        })
+        .collect()
+}
+
+impl RedisCache {
+    /// SCANs one node for `pattern` and UNLINKs what it finds, `plan.batch` keys at a time
+    /// with `plan.pause` between batches. On a cluster node the UNLINKs are single-key
+    /// (pipelined): keys of one node span many slots.
+    async fn flush_node(
+        &self,
+        c: &mut MultiplexedConnection,
+        pattern: &str,
+        per_key: bool,
+        plan: &FlushPlan,
+        done: &mut u64,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(), String> {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(plan.batch.max(1))
+                .query_async(c)
+                .await
+                .map_err(|e| format!("SCAN: {e}"))?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                if per_key {
+                    for k in &keys {
+                        pipe.cmd("UNLINK").arg(k);
+                    }
+                } else {
+                    for chunk in keys.chunks(KEYS_PER_COMMAND) {
+                        pipe.cmd("UNLINK").arg(chunk);
+                    }
+                }
+                let removed: Vec<u64> = pipe
+                    .query_async(c)
+                    .await
+                    .map_err(|e| format!("UNLINK: {e}"))?;
+                *done += removed.into_iter().sum::<u64>();
+                progress(*done);
+                if !plan.pause.is_zero() {
+                    tokio::time::sleep(plan.pause).await;
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn flush_all_nodes(
+        &self,
+        prefix: &str,
+        plan: &FlushPlan,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<u64, String> {
+        let pattern = prefix_pattern(prefix);
+        let mut done = 0;
+        if !self.settings.cluster {
+            let (Conn::Single(mut c), _) = self.try_connect_to(&self.settings.url, false).await?
+            else {
+                return Err("cache connect: not a single-node connection".into());
+            };
+            self.flush_node(&mut c, &pattern, false, plan, &mut done, progress)
+                .await?;
+            return Ok(done);
+        }
+        let (Conn::Cluster(mut cluster), _) = self.try_connect_to(&self.settings.url, true).await?
+        else {
+            return Err("cache connect: not a cluster connection".into());
+        };
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut cluster)
+            .await
+            .map_err(|e| format!("CLUSTER NODES: {e}"))?;
+        let masters = cluster_masters(&nodes);
+        if masters.is_empty() {
+            return Err("CLUSTER NODES lists no reachable master".into());
+        }
+        let scheme = if self.settings.url.starts_with("rediss://") {
+            "rediss"
+        } else {
+            "redis"
+        };
+        for m in masters {
+            let url = format!("{scheme}://{m}");
+            let (Conn::Single(mut c), _) = self.try_connect_to(&url, false).await? else {
+                return Err(format!("cache node {m}: not a single-node connection"));
+            };
+            self.flush_node(&mut c, &pattern, true, plan, &mut done, progress)
+                .await
+                .map_err(|e| format!("cache node {m}: {e}"))?;
+        }
+        Ok(done)
+    }
+}
+
 impl Cache for RedisCache {
     /// Every cache failure is transient: a message's keys stay valid to delete, so it is
     /// retried until the cache answers (and the queue's redrive policy bounds that).
@@ -336,6 +478,19 @@ impl Cache for RedisCache {
                 return Ok(0);
             }
             self.unlink_all(keys).await.map_err(PortError::Transient)
+        })
+    }
+
+    fn flush_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+        plan: FlushPlan,
+        progress: &'a (dyn Fn(u64) + Send + Sync),
+    ) -> BoxFuture<'a, Result<u64, PortError>> {
+        Box::pin(async move {
+            self.flush_all_nodes(prefix, &plan, progress)
+                .await
+                .map_err(PortError::Transient)
         })
     }
 }
@@ -399,6 +554,24 @@ mod tests {
         // An empty tag `{}` is no tag: the whole key is hashed.
         assert_eq!(slot(b"{}x"), crc16(b"{}x") % 16384);
         assert_ne!(slot(b"{}x"), slot(b"x"));
+    }
+
+    #[test]
+    fn prefixes_become_escaped_patterns() {
+        assert_eq!(prefix_pattern("user:"), "user:*");
+        assert_eq!(prefix_pattern("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\*");
+        assert_eq!(prefix_pattern(""), "*");
+    }
+
+    #[test]
+    fn cluster_masters_are_the_reachable_masters() {
+        let nodes = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7001@17001,host.example master - 0 0 2 connected 5461-10922
+c3 127.0.0.1:7002@17002 master,fail - 0 0 3 connected 10923-16383
+d4 127.0.0.1:7003@17003 slave a1 0 0 1 connected
+";
+        assert_eq!(cluster_masters(nodes), ["127.0.0.1:7000", "127.0.0.1:7001"]);
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! cache-invalidator: SQS (SNS-wrapped or raw) invalidation messages → UNLINK in the
-//! regional cache, one round trip per batch.
+//! regional cache, one round trip per batch. Flush commands (raw messages sent by
+//! `tidemark flush`, never via SNS) delete every key under their prefixes.
 
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
 use crate::ddb::split_batch;
-use crate::error::StageError;
+use crate::error::{DecodeError, StageError};
+use crate::flush::FlushCommand;
 use crate::message::Invalidation;
 use crate::metrics::{Dim, EmfOut, Metric, Metrics};
 use crate::pipeline::{self, Context, Decoded, Stage};
@@ -29,22 +31,38 @@ impl std::fmt::Debug for Invalidator {
     }
 }
 
+/// One message of the invalidation queue.
+#[derive(Debug)]
+pub enum Work {
+    Invalidate(Invalidation),
+    Flush(FlushCommand),
+}
+
 /// Collects every key of the batch (deduplicated), deletes them in one call, and fails
-/// every message of the batch if the cache call fails (deletes are idempotent).
+/// every message of the batch if the cache call fails (deletes are idempotent). Then runs
+/// the batch's flush commands, each failing only its own message.
 struct CacheStage<'a> {
     cache: &'a dyn Cache,
     keys: Vec<String>,
     seen: std::collections::HashSet<String>,
     /// Per message: its index, change time, source and origin region.
     records: Vec<(usize, u64, String, String)>,
+    flushes: Vec<(usize, FlushCommand)>,
 }
 
-impl Stage<Invalidation> for CacheStage<'_> {
+impl Stage<Work> for CacheStage<'_> {
     fn name(&self) -> &'static str {
         "cache"
     }
 
-    fn observe(&mut self, index: usize, m: &Invalidation) -> Result<(), StageError> {
+    fn observe(&mut self, index: usize, w: &Work) -> Result<(), StageError> {
+        let m = match w {
+            Work::Invalidate(m) => m,
+            Work::Flush(c) => {
+                self.flushes.push((index, c.clone()));
+                return Ok(());
+            }
+        };
         for k in &m.keys {
             if self.seen.insert(k.clone()) {
                 self.keys.push(k.clone());
@@ -64,7 +82,60 @@ impl Stage<Invalidation> for CacheStage<'_> {
         metrics: &'s mut Metrics,
     ) -> BoxFuture<'s, Vec<(usize, StageError)>> {
         Box::pin(async move {
+            let mut failed = self.unlink(metrics).await;
+            for (index, command) in std::mem::take(&mut self.flushes) {
+                if let Err(e) = run_flush(self.cache, &command, metrics).await {
+                    failed.push((index, StageError::Port(e)));
+                }
+            }
+            failed
+        })
+    }
+}
+
+/// Runs one flush command, logging progress (keys removed so far) as it goes.
+async fn run_flush(
+    cache: &dyn Cache,
+    command: &FlushCommand,
+    metrics: &mut Metrics,
+) -> Result<(), crate::error::PortError> {
+    let f = [(Dim::Function, FUNCTION)];
+    tracing::info!(source = %command.source, region = %command.region, prefixes = ?command.prefixes, all = command.all, "flush started");
+    let progress = |prefix: &str, n: u64| {
+        if n > 0 && n % 10_000 < crate::ports::FlushPlan::default().batch as u64 {
+            tracing::info!(prefix, removed = n, "flush progress");
+        }
+    };
+    match crate::flush::run(
+        cache,
+        command,
+        crate::ports::FlushPlan::default(),
+        &progress,
+    )
+    .await
+    {
+        Ok(report) => {
+            metrics.put(Metric::KeysFlushed, &f, report.total() as f64);
+            for (prefix, n) in &report.removed {
+                tracing::info!(source = %command.source, prefix = %prefix, removed = n, "flush done");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            metrics.put(Metric::CacheFailures, &f, 1.0);
+            tracing::warn!(source = %command.source, error = %e, "flush failed; the command will be retried");
+            Err(e)
+        }
+    }
+}
+
+impl CacheStage<'_> {
+    async fn unlink(&mut self, metrics: &mut Metrics) -> Vec<(usize, StageError)> {
+        {
             let f = [(Dim::Function, FUNCTION)];
+            if self.records.is_empty() && !self.flushes.is_empty() {
+                return Vec::new(); // a batch of flush commands only
+            }
             match self.cache.unlink(&self.keys).await {
                 Ok(existed) => {
                     let now = crate::now_ms();
@@ -101,7 +172,7 @@ impl Stage<Invalidation> for CacheStage<'_> {
                         .collect()
                 }
             }
-        })
+        }
     }
 }
 
@@ -114,6 +185,7 @@ impl crate::lambda::BatchHandler for Invalidator {
             keys: Vec::new(),
             seen: Default::default(),
             records: Vec::new(),
+            flushes: Vec::new(),
         };
         let decode = pipeline::decoder(|raw| {
             let msg = match SqsRecord::decode(raw) {
@@ -126,8 +198,28 @@ impl crate::lambda::BatchHandler for Invalidator {
                 }
             };
             let id = msg.message_id.to_string();
-            match Invalidation::decode(&unwrap_sns(&msg.body)) {
-                Ok(m) => Decoded::Ok { id, change: m },
+            // Flush commands are obeyed only as plain queue messages (what `tidemark
+            // flush` sends), never inside an SNS envelope.
+            let body = unwrap_sns(&msg.body);
+            if matches!(body, std::borrow::Cow::Borrowed(_))
+                && let Some(command) = FlushCommand::parse(&body)
+            {
+                return match command {
+                    Ok(c) => Decoded::Ok {
+                        id,
+                        change: Work::Flush(c),
+                    },
+                    Err(reason) => Decoded::Reject {
+                        id: Some(id),
+                        error: DecodeError::Unsupported(reason),
+                    },
+                };
+            }
+            match Invalidation::decode(&body) {
+                Ok(m) => Decoded::Ok {
+                    id,
+                    change: Work::Invalidate(m),
+                },
                 Err(error) => Decoded::Reject {
                     id: Some(id),
                     error,

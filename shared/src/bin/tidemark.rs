@@ -9,6 +9,9 @@ use tidemark::config::{Config, ConfigErrors, EMBEDDED_NAME};
 use tidemark::explain::{self, ObjectInput};
 use tidemark::metrics::CATALOG;
 
+#[path = "tidemark/flush.rs"]
+mod flush;
+
 const HELP: &str = "\
 tidemark — operator commands for Tidemark (multi-region cache invalidation, replication
 lag audit and data-residency enforcement on AWS Lambda)
@@ -19,6 +22,7 @@ USAGE:
 COMMANDS:
     check      Validate the configuration; with --live, also check the deployed account
     explain    Show what Tidemark decides for an item, a stream record or an object
+    flush      Delete a source's cache keys by template prefix, after given-up invalidations
     metrics    Print the metric catalog: name, unit, dimensions, meaning
     wiring     Rewrite (or --check) template.yaml's generated blocks from the configuration
     help       Print this help, or a command's: tidemark help <COMMAND>
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
             Some("explain") => print_help(EXPLAIN_HELP),
             Some("metrics") => print_help(METRICS_HELP),
             Some("wiring") => print_help(WIRING_HELP),
+            Some("flush") => print_help(flush::HELP),
             Some(other) => usage(&format!("no command `{other}`"), HELP),
         },
         Some("-V" | "--version") => {
@@ -155,6 +160,7 @@ fn main() -> ExitCode {
         Some("explain") if wants_help => print_help(EXPLAIN_HELP),
         Some("metrics") if wants_help => print_help(METRICS_HELP),
         Some("wiring") if wants_help => print_help(WIRING_HELP),
+        Some("flush") => flush::main(rest),
         Some("check") => check(rest),
         Some("wiring") => match tidemark::wiring::cli(rest) {
             Ok(msg) => {
@@ -311,6 +317,11 @@ fn check(raw: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for (source, template) in tidemark::flush::unflushable(&config) {
+        eprintln!(
+            "warning: template `{template}` of `{source}` starts with a placeholder: `tidemark flush {source}` cannot select its keys (only --all can)"
+        );
+    }
     // Sources and regions samconfig.toml (beside the file) does not wire.
     let unwired = tidemark::wiring::check_samconfig_beside(&path, &config);
     if !unwired.is_empty() {
