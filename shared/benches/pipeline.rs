@@ -44,6 +44,7 @@ fn main() {
         ports: Ports {
             publisher: Arc::new(NullPublisher),
             dead_letter: Arc::new(NullDeadLetter),
+            labels: Arc::new(tidemark::keyhash::KeyLabels::plain()),
         },
         emf: tidemark::metrics::EmfOut::Stdout,
     };

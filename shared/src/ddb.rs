@@ -757,6 +757,27 @@ impl<'a> StreamRecord<'a> {
         Ok(())
     }
 
+    /// Best-effort item key of a raw record for log lines: `name=value` per key attribute,
+    /// in name order (`pk=user#1,sk=2`). Keys only, never other attributes; hashed by the
+    /// pipeline when `hash_keys_in_alerts` is on.
+    pub fn salvage_key(raw: &str) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(raw).ok()?;
+        let keys = v.get("dynamodb")?.get("Keys")?.as_object()?;
+        let mut parts: Vec<String> = keys
+            .iter()
+            .filter_map(|(name, attr)| {
+                let (_, value) = attr.as_object()?.iter().next()?;
+                let text = match value {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                Some(format!("{name}={text}"))
+            })
+            .collect();
+        parts.sort();
+        (!parts.is_empty()).then(|| parts.join(","))
+    }
+
     /// Best-effort sequence number of a record that failed to decode, for the DLQ entry name.
     pub fn salvage_id(raw: &str) -> Option<String> {
         #[derive(Deserialize)]

@@ -14,6 +14,7 @@ pub mod error;
 pub mod explain;
 pub mod flush;
 pub mod invalidation;
+pub mod keyhash;
 pub mod lag;
 pub mod lambda;
 pub mod live;

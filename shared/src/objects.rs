@@ -260,6 +260,21 @@ fn notification_kind(name: &str) -> Result<ObjectEventKind, DecodeError> {
     })
 }
 
+/// Best-effort object keys of a raw SQS record for log lines: `s3://bucket/key` per object
+/// change, space-separated; hashed by the pipeline when `hash_keys_in_alerts` is on.
+pub fn salvage_keys(raw: &str) -> Option<String> {
+    let record = crate::sqs::SqsRecord::decode(raw).ok()?;
+    match ObjectMessage::decode(&record.body).ok()? {
+        ObjectMessage::Changes(c) if !c.is_empty() => Some(
+            c.iter()
+                .map(|c| format!("s3://{}/{}", c.bucket, c.key))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        _ => None,
+    }
+}
+
 /// Decodes an S3 notification key: `application/x-www-form-urlencoded`, so `+` is a space
 /// and `%2B` a plus. `None` when the escapes are malformed or the bytes are not UTF-8.
 pub fn decode_form_key(encoded: &str) -> Option<String> {

@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use tracing::{Instrument, debug_span, info_span, warn};
 
 use crate::error::{Class, DecodeError, StageError};
+use crate::keyhash::KeyLabels;
 use crate::metrics::{Dim, Metric, Metrics};
 use crate::ports::{DeadLetter, DeadLetterEntry};
 
@@ -112,6 +113,27 @@ pub fn decoder<'r, C, F: Fn(&'r str) -> Decoded<C>>(f: F) -> F {
 pub struct Context<'a> {
     pub function: &'a str,
     pub source: &'a str,
+    /// How a record's key appears in log lines: as it is, or HMAC-hashed
+    /// (`residency.hash_keys_in_alerts`).
+    pub labels: &'a KeyLabels,
+    /// The item or object key of a raw record, for log lines (best effort: `None` when the
+    /// record names none, or is too broken to tell).
+    pub key_of: fn(&str) -> Option<String>,
+}
+
+/// What a log line about `raw` carries as its key: empty when there is none, a marker when
+/// the hash key cannot be read (never the plain key then).
+async fn key_label(ctx: &Context<'_>, raw: &str) -> String {
+    let Some(key) = (ctx.key_of)(raw) else {
+        return String::new();
+    };
+    match ctx.labels.label(&key).await {
+        Ok(label) => label,
+        Err(e) => {
+            warn!(error = %e, "cannot read the key-hash secret; the key is left out of the log");
+            "(hash unavailable)".to_owned()
+        }
+    }
 }
 
 /// Runs one batch through `stages`. `decode` turns one raw record into a change.
@@ -187,10 +209,15 @@ where
     metrics.put(Metric::RecordsProcessed, &f, processed as f64);
     metrics.put(Metric::RecordsFailed, &f, retried as f64);
     metrics.put(Metric::RecordsRejected, &f, rejected as f64);
-    for (id, o) in report.ids.iter().zip(&report.outcomes) {
-        if let Outcome::Retry(why) = o {
-            warn!(id = id.as_deref().unwrap_or(""), reason = %why, "record will be retried");
-        }
+    // Ids and keys only (hashed when configured); the dead-letter store keeps contents.
+    for (i, (id, o)) in report.ids.iter().zip(&report.outcomes).enumerate() {
+        let (message, why) = match o {
+            Outcome::Retry(why) => ("record will be retried", why),
+            Outcome::Reject(why) => ("record rejected", why),
+            _ => continue,
+        };
+        let key = key_label(&ctx, raws[i].get()).await;
+        warn!(id = id.as_deref().unwrap_or("(none)"), index = i, key = %key, reason = %why, "{message}");
     }
     report
 }
@@ -214,8 +241,6 @@ async fn dead_letter_rejects(
                 Outcome::Reject(r) => r.clone(),
                 _ => String::new(),
             };
-            // Keys only in logs; the dead-letter store is the one place that keeps contents.
-            warn!(id = report.ids[i].as_deref().unwrap_or("(none)"), index = i, reason = %reason, "record rejected");
             DeadLetterEntry {
                 function: ctx.function.to_owned(),
                 source: ctx.source.to_owned(),
@@ -307,11 +332,16 @@ mod tests {
         }
     }
 
-    const CTX: Context<'static> = Context {
-        function: "test",
-        source: "users",
-    };
+    static PLAIN: std::sync::LazyLock<KeyLabels> = std::sync::LazyLock::new(KeyLabels::plain);
 
+    fn ctx() -> Context<'static> {
+        Context {
+            function: "test",
+            source: "users",
+            labels: &PLAIN,
+            key_of: StreamRecord::salvage_key,
+        }
+    }
     #[tokio::test]
     async fn poison_record_is_rejected_alone_and_failures_are_reported() {
         let poison = r#"{"eventID":"p","eventName":"INSERT","dynamodb":{"Keys":{"pk":{"Q":"x"}},"SequenceNumber":"3"}}"#;
@@ -325,7 +355,7 @@ mod tests {
         let dl = MemoryDeadLetter::default();
         let mut stage = FlakyStage(vec![], 0);
         let mut metrics = Metrics::new("Tidemark");
-        let report = run(CTX, &raws, decode, &mut [&mut stage], &dl, &mut metrics).await;
+        let report = run(ctx(), &raws, decode, &mut [&mut stage], &dl, &mut metrics).await;
 
         assert_eq!(stage.1, 3, "the stage saw every decodable record");
         assert_eq!(report.outcomes[0], Outcome::Done);
@@ -353,7 +383,7 @@ mod tests {
         let dl = MemoryDeadLetter::default();
         let mut stage = FlakyStage(vec![], 0);
         let mut metrics = Metrics::new("Tidemark");
-        let report = run(CTX, &raws, decode, &mut [&mut stage], &dl, &mut metrics).await;
+        let report = run(ctx(), &raws, decode, &mut [&mut stage], &dl, &mut metrics).await;
 
         assert!(
             matches!(&report.outcomes[0], Outcome::Reject(r) if r == "flaky: refused"),
@@ -379,7 +409,7 @@ mod tests {
         let raws = split_batch(&batch).unwrap();
         let dl = MemoryDeadLetter(Mutex::default(), true);
         let mut metrics = Metrics::new("Tidemark");
-        let report = run(CTX, &raws, decode, &mut [], &dl, &mut metrics).await;
+        let report = run(ctx(), &raws, decode, &mut [], &dl, &mut metrics).await;
         assert_eq!(report.failed_ids().unwrap(), ["9"]);
     }
 
@@ -388,7 +418,77 @@ mod tests {
         let raws = split_batch(r#"{"Records":[{"nothing":true}]}"#).unwrap();
         let dl = MemoryDeadLetter(Mutex::default(), true);
         let mut metrics = Metrics::new("Tidemark");
-        let report = run(CTX, &raws, decode, &mut [], &dl, &mut metrics).await;
+        let report = run(ctx(), &raws, decode, &mut [], &dl, &mut metrics).await;
         assert!(report.failed_ids().is_err());
+    }
+
+    /// Log lines of `f`, as the function would print them.
+    fn logs_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    struct Secret;
+    impl crate::ports::SecretSource for Secret {
+        fn read(&self) -> BoxFuture<'_, Result<Vec<u8>, PortError>> {
+            Box::pin(async { Ok(b"shared-secret".to_vec()) })
+        }
+    }
+
+    #[test]
+    fn logs_carry_the_hmac_of_a_rejected_records_key_never_the_key() {
+        let poison = r#"{"eventID":"p","eventName":"INSERT","dynamodb":{"Keys":{"pk":{"S":"plain@example.com"}},"NewImage":{"pk":{"S":12}},"SequenceNumber":"3"}}"#;
+        let batch = format!(r#"{{"Records":[{poison}]}}"#);
+        let raws = split_batch(&batch).unwrap();
+        let dl = MemoryDeadLetter::default();
+        let labels = KeyLabels::hashed(std::sync::Arc::new(Secret));
+        let logs = logs_of(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut metrics = Metrics::new("Tidemark");
+                let ctx = Context {
+                    labels: &labels,
+                    ..ctx()
+                };
+                run(ctx, &raws, decode, &mut [], &dl, &mut metrics).await;
+            });
+        });
+        let hash = crate::keyhash::hmac_sha256_hex(b"shared-secret", b"pk=plain@example.com");
+        assert!(logs.contains("record rejected"), "{logs}");
+        assert!(logs.contains(&format!("key=hmac-sha256:{hash}")), "{logs}");
+        assert!(!logs.contains("plain@example.com"), "{logs}");
+        // The dead-letter store keeps the record itself.
+        assert_eq!(dl.0.lock().unwrap()[0].record, poison);
+
+        // Without hashing, the key (not the item) is logged as it is.
+        let logs = logs_of(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut metrics = Metrics::new("Tidemark");
+                run(ctx(), &raws, decode, &mut [], &dl, &mut metrics).await;
+            });
+        });
+        assert!(logs.contains("key=pk=plain@example.com"), "{logs}");
     }
 }

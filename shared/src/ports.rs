@@ -138,3 +138,8 @@ pub trait Heartbeats: Send + Sync {
         metadata: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>, PortError>>;
 }
+
+/// A secret read through a port (Secrets Manager in production), at first use.
+pub trait SecretSource: Send + Sync {
+    fn read(&self) -> BoxFuture<'_, Result<Vec<u8>, PortError>>;
+}

@@ -196,6 +196,10 @@ struct Run {
 }
 
 fn run_stream(records: &[String]) -> Run {
+    run_stream_with(records, crate::keyhash::KeyLabels::plain())
+}
+
+fn run_stream_with(records: &[String], labels: crate::keyhash::KeyLabels) -> Run {
     let publisher = Arc::new(MemoryPublisher::default());
     let dead_letter = Arc::new(MemoryDeadLetter::default());
     let processor = StreamProcessor {
@@ -204,6 +208,7 @@ fn run_stream(records: &[String]) -> Run {
         ports: Ports {
             publisher: publisher.clone(),
             dead_letter: dead_letter.clone(),
+            labels: Arc::new(labels),
         },
         emf: crate::metrics::EmfOut::Captured(Arc::default()),
     };
@@ -368,4 +373,21 @@ fn a_record_of_a_stream_without_old_images_is_rejected_naming_the_view_type() {
         run.dead[0].reason
     );
     assert!(run.keys.is_empty(), "{:?}", run.keys);
+}
+
+struct Secret;
+impl crate::ports::SecretSource for Secret {
+    fn read(&self) -> BoxFuture<'_, Result<Vec<u8>, PortError>> {
+        Box::pin(async { Ok(b"shared-secret".to_vec()) })
+    }
+}
+
+#[test]
+fn with_hashed_keys_invalidation_messages_still_carry_the_real_keys() {
+    let labels = crate::keyhash::KeyLabels::hashed(Arc::new(Secret));
+    let run = run_stream_with(&[good(1)], labels);
+    for k in good_keys(1) {
+        assert!(run.keys.contains(&k), "{k} missing: {:?}", run.keys);
+    }
+    assert!(!run.keys.iter().any(|k| k.starts_with("hmac-sha256:")));
 }

@@ -310,6 +310,7 @@ impl World {
                         ports: Ports {
                             publisher: publisher.clone(),
                             dead_letter: Arc::new(s3_dl),
+                            labels: Arc::new(tidemark::keyhash::KeyLabels::plain()),
                         },
                         emf: capture(&mut captured_emf, "stream-processor"),
                     };
@@ -326,6 +327,7 @@ impl World {
                                     dead_letter_bucket.clone(),
                                 )),
                             )),
+                            labels: Arc::new(tidemark::keyhash::KeyLabels::plain()),
                         },
                     };
                     let ci = tidemark::app::invalidator::Invalidator {

@@ -243,6 +243,7 @@ async fn stream_processor_without_store(
             topic,
         )),
         dead_letter: std::sync::Arc::new(S3DeadLetter::new(c.s3.clone(), unique("missing"))),
+        labels: std::sync::Arc::new(tidemark::keyhash::KeyLabels::plain()),
     };
     Ok((
         tidemark::app::stream::StreamProcessor {

@@ -796,6 +796,67 @@ async fn cache_unlinks_over_tls_with_a_private_ca() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the emulators: run scripts/test.sh"]
+async fn key_hashes_use_the_secrets_manager_key_read_at_first_use() -> Result<()> {
+    use std::sync::Arc;
+    use tidemark::adapters::secret::SecretsManagerSecret;
+    use tidemark::keyhash::{KeyLabels, hmac_sha256_hex};
+    let sdk = tidemark_tests::aws::sdk_config(&env("TIDEMARK_MOTO_URL"), "us-east-1", 1).await;
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    let id = format!(
+        "tidemark-key-hash-{}-{}",
+        std::process::id(),
+        tidemark::now_ms()
+    );
+    // Built before the secret exists: construction (init) reads nothing.
+    let labels = |id: &str| {
+        KeyLabels::hashed(Arc::new(SecretsManagerSecret::new(
+            sm.clone(),
+            id.to_owned(),
+        )))
+    };
+    let first = labels(&id);
+    assert!(
+        first.label("k").await.is_err(),
+        "the secret is read at first use, and does not exist yet"
+    );
+    sm.create_secret()
+        .name(&id)
+        .secret_string("shared-hmac-key")
+        .send()
+        .await?;
+    let key = "user-email:plain@example.com";
+    let expected = format!(
+        "hmac-sha256:{}",
+        hmac_sha256_hex(b"shared-hmac-key", key.as_bytes())
+    );
+    assert_eq!(
+        first.label(key).await?,
+        expected,
+        "a failed read is tried again"
+    );
+    // Another function (another region) reading the same secret hashes the key alike.
+    assert_eq!(labels(&id).label(key).await?, expected);
+    // A binary secret is used as its bytes.
+    let bin = format!("{id}-binary");
+    sm.create_secret()
+        .name(&bin)
+        .secret_binary(aws_sdk_secretsmanager::primitives::Blob::new(vec![
+            0u8, 1, 2, 255,
+        ]))
+        .send()
+        .await?;
+    assert_eq!(
+        labels(&bin).label(key).await?,
+        format!(
+            "hmac-sha256:{}",
+            hmac_sha256_hex(&[0, 1, 2, 255], key.as_bytes())
+        )
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
 async fn cache_password_comes_from_secrets_manager() -> Result<()> {
     use tidemark::adapters::cache::{CacheAuth, RedisCache};
     use tidemark::ports::Cache;

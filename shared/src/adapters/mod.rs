@@ -6,4 +6,5 @@ pub mod cache;
 pub mod dead_letter;
 pub mod heartbeats;
 pub mod iam_auth;
+pub mod secret;
 pub mod sns;

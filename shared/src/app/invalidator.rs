@@ -226,9 +226,13 @@ impl crate::lambda::BatchHandler for Invalidator {
                 },
             }
         });
+        let plain = crate::keyhash::KeyLabels::plain();
         let ctx = Context {
             function: FUNCTION,
             source: "invalidations",
+            // A message carries many keys; its id identifies it.
+            labels: &plain,
+            key_of: |_| None,
         };
         let report = pipeline::run(
             ctx,

@@ -16,6 +16,8 @@ use crate::ports::{DeadLetter, Publish};
 pub struct Ports {
     pub publisher: Arc<dyn Publish>,
     pub dead_letter: Arc<dyn DeadLetter>,
+    /// How keys appear in logs (plain, or HMAC-hashed under a Secrets Manager key).
+    pub labels: Arc<KeyLabels>,
 }
 
 impl std::fmt::Debug for Ports {
@@ -24,7 +26,25 @@ impl std::fmt::Debug for Ports {
     }
 }
 
-use crate::adapters::{aws, dead_letter, sns};
+use crate::adapters::{aws, dead_letter, secret, sns};
+use crate::keyhash::KeyLabels;
+
+/// Key labels for logs from the configuration: plain keys, or, with
+/// `residency.hash_keys_in_alerts`, HMAC-SHA256 under the secret named by
+/// `TIDEMARK_KEY_HASH_SECRET_ARN` (the same secret in every region). The secret is read at
+/// first use, never here.
+pub fn key_labels(
+    config: &crate::config::Config,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Arc<KeyLabels>, SettingsError> {
+    if !config.residency.hash_keys_in_alerts {
+        return Ok(Arc::new(KeyLabels::plain()));
+    }
+    let secret_id = settings::required("TIDEMARK_KEY_HASH_SECRET_ARN")?;
+    Ok(Arc::new(KeyLabels::hashed(Arc::new(
+        secret::SecretsManagerSecret::new(aws_sdk_secretsmanager::Client::new(sdk), secret_id),
+    ))))
+}
 use crate::settings::{self, SettingsError};
 
 /// What every function reads at init: the configuration, its region, the SDK settings.
@@ -37,22 +57,30 @@ pub async fn base_from_env()
 
 /// Builds the publisher and an S3 dead-letter store from the environment:
 /// `TIDEMARK_INVALIDATION_TOPIC_ARN`, `TIDEMARK_DEAD_LETTER_BUCKET`.
-pub async fn stream_ports(sdk: &aws_config::SdkConfig) -> Result<Ports, SettingsError> {
+pub async fn stream_ports(
+    config: &crate::config::Config,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Ports, SettingsError> {
     let topic = settings::required("TIDEMARK_INVALIDATION_TOPIC_ARN")?;
     let bucket = settings::required("TIDEMARK_DEAD_LETTER_BUCKET")?;
     Ok(Ports {
         publisher: Arc::new(sns::SnsPublisher::new(aws_sdk_sns::Client::new(sdk), topic)),
         dead_letter: Arc::new(dead_letter::S3DeadLetter::new(aws::s3_client(sdk), bucket)),
+        labels: key_labels(config, sdk)?,
     })
 }
 
 /// Builds the publisher and an SQS dead-letter store from the environment:
 /// `TIDEMARK_INVALIDATION_TOPIC_ARN`, `TIDEMARK_DEAD_LETTER_QUEUE_URL`.
-pub async fn queue_ports(sdk: &aws_config::SdkConfig) -> Result<Ports, SettingsError> {
+pub async fn queue_ports(
+    config: &crate::config::Config,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Ports, SettingsError> {
     let topic = settings::required("TIDEMARK_INVALIDATION_TOPIC_ARN")?;
     Ok(Ports {
         publisher: Arc::new(sns::SnsPublisher::new(aws_sdk_sns::Client::new(sdk), topic)),
         dead_letter: sqs_dead_letter(sdk)?,
+        labels: key_labels(config, sdk)?,
     })
 }
 

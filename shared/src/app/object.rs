@@ -89,6 +89,8 @@ impl crate::lambda::BatchHandler for ObjectProcessor {
         let ctx = Context {
             function: FUNCTION,
             source: "s3",
+            labels: &self.ports.labels,
+            key_of: crate::objects::salvage_keys,
         };
         let report = pipeline::run(
             ctx,
@@ -108,10 +110,11 @@ impl ObjectProcessor {
     /// Init: configuration and clients, no network calls.
     pub async fn from_env() -> Result<Self, crate::settings::SettingsError> {
         let (config, region, sdk) = super::base_from_env().await?;
+        let ports = super::queue_ports(&config, &sdk).await?;
         Ok(Self {
             config,
             region,
-            ports: super::queue_ports(&sdk).await?,
+            ports,
         })
     }
 }

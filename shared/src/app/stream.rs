@@ -107,6 +107,8 @@ impl crate::lambda::BatchHandler for StreamProcessor {
         let ctx = Context {
             function: FUNCTION,
             source: &source,
+            labels: &self.ports.labels,
+            key_of: StreamRecord::salvage_key,
         };
         let report = pipeline::run(
             ctx,
@@ -137,10 +139,11 @@ impl StreamProcessor {
     /// Init: configuration and clients, no network calls.
     pub async fn from_env() -> Result<Self, crate::settings::SettingsError> {
         let (config, region, sdk) = super::base_from_env().await?;
+        let ports = super::stream_ports(&config, &sdk).await?;
         Ok(Self {
             config,
             region,
-            ports: super::stream_ports(&sdk).await?,
+            ports,
             emf: EmfOut::Stdout,
         })
     }
