@@ -1067,4 +1067,14 @@ mod tests {
         let bad = MODIFY.replace("NEW_AND_OLD_IMAGES", "EVERYTHING");
         assert!(StreamRecord::decode(&bad).is_err());
     }
+
+    #[test]
+    fn unknown_event_names_are_rejected_without_echoing_them() {
+        let bad = MODIFY.replace(
+            r#""eventName":"MODIFY""#,
+            r#""eventName":"plain@example.com""#,
+        );
+        let e = StreamRecord::decode(&bad).unwrap_err().to_string();
+        assert_eq!(e, "eventName is not INSERT, MODIFY or REMOVE");
+    }
 }

@@ -52,3 +52,21 @@ impl Invalidation {
         Ok(m)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_versions_and_other_documents_are_rejected_without_their_values() {
+        let v2 = r#"{"v":2,"source":"users","origin_region":"us-east-1","replicated":true,"changed_at_ms":1,"keys":["user:plain@example.com"]}"#;
+        let e = Invalidation::decode(v2).unwrap_err().to_string();
+        assert_eq!(e, "invalidation message version 2 (expected 1)");
+        let e = Invalidation::decode(r#"{"v":1,"keys":"plain@example.com"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("malformed invalidation message"), "{e}");
+        assert!(!e.contains("plain@example.com"), "{e}");
+    }
+}
