@@ -236,6 +236,19 @@ def main():
             if ":*:" in flat or "-*\"" in flat:
                 problem(k, f"Statement {st.get('Sid')}.Condition", "named sources", flat)
 
+    # KMS key statements for EventBridge: no aws:Source* condition (EventBridge's KMS
+    # requests do not carry those keys; delivery to the encrypted queue would fail silently).
+    for k, key in res.items():
+        if key["Type"] != "AWS::KMS::Key":
+            continue
+        for st in statements(key["Properties"]["KeyPolicy"]):
+            svc = st.get("Principal", {}).get("Service", []) if isinstance(st.get("Principal"), dict) else []
+            svc = svc if isinstance(svc, list) else [svc]
+            flat = json.dumps(st.get("Condition", {}))
+            if "events.amazonaws.com" in svc and "aws:Source" in flat:
+                problem(k, f"KeyPolicy Statement {st.get('Sid')}.Condition",
+                        "no aws:SourceAccount/SourceArn for events.amazonaws.com", flat)
+
     # One metric namespace, from the generated mapping.
     for k, a in res.items():
         if a["Type"] == "AWS::CloudWatch::Alarm":
