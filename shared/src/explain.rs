@@ -140,6 +140,9 @@ pub fn explain_records(
         .is_some_and(|v| v.get("Records").is_some_and(serde_json::Value::is_array));
     if is_batch {
         let raws = crate::ddb::split_batch(trimmed).map_err(|e| ExplainError(e.to_string()))?;
+        if raws.is_empty() {
+            return fail("the batch holds no record (`Records` is empty)");
+        }
         raws.iter()
             .enumerate()
             .map(|(i, r)| {
@@ -177,9 +180,27 @@ pub fn explain_item(
 ) -> Result<ItemExplanation, ExplainError> {
     let table = pick_table(config, table)?;
     let record = item_record(table, region, new, old)?;
-    let decoded = StreamRecord::decode(&record)
-        .map_err(|e| ExplainError(format!("not an item in DynamoDB JSON: {e}")))?;
+    let decoded =
+        StreamRecord::decode(&record).map_err(|e| ExplainError(item_error(&e.to_string())))?;
     Ok(explain_decoded(config, region, table, &decoded))
+}
+
+/// A decode error of the record built from `--item`/`--old`, in the items' terms: attribute
+/// paths without the record's `NewImage.`/`OldImage.`/`Keys.` prefix, and no line/column of
+/// a record the operator never wrote.
+fn item_error(e: &str) -> String {
+    let e = e.strip_prefix("malformed stream record: ").unwrap_or(e);
+    let e = e.rfind(" at line ").map_or(e, |i| &e[..i]);
+    let which = if e.contains("`OldImage.") {
+        "old item"
+    } else {
+        "item"
+    };
+    let e = e
+        .replace("`NewImage.", "`")
+        .replace("`OldImage.", "`")
+        .replace("`Keys.", "`");
+    format!("{which}: not valid DynamoDB JSON: {e}")
 }
 
 /// The stream record a change to this item produces (NEW_AND_OLD_IMAGES), so the item goes
@@ -362,6 +383,9 @@ pub fn explain_object(
     } else {
         input.key.clone()
     };
+    if key.is_empty() {
+        return fail("the object key is empty (S3 keys have at least one character)");
+    }
     Ok(object_explanation(config, region, bucket, key, input))
 }
 
@@ -593,6 +617,49 @@ mod tests {
         let r = e.residency.unwrap();
         assert_eq!(r.rule.as_deref(), Some("eu-residents"));
         assert_eq!((r.decision, r.action), ("violation", Some("report")));
+    }
+
+    #[test]
+    fn bad_items_are_reported_in_the_items_terms_without_their_values() {
+        let c = cfg();
+        let err = explain_item(
+            &c,
+            "eu-west-1",
+            None,
+            r#"{"pk":{"S":"u1"},"email":{"N":"secret-value"}}"#,
+            None,
+        )
+        .unwrap_err();
+        assert!(err.0.starts_with("item: "), "{err}");
+        assert!(err.0.contains("attribute `email`"), "{err}");
+        assert!(
+            !err.0.contains("NewImage") && !err.0.contains("column"),
+            "{err}"
+        );
+        assert!(!err.0.contains("secret-value"), "{err}");
+        let err = explain_item(
+            &c,
+            "eu-west-1",
+            None,
+            r#"{"pk":{"S":"u1"}}"#,
+            Some(r#"{"pk":{"S":"u1"},"email":{"N":"x"}}"#),
+        )
+        .unwrap_err();
+        assert!(err.0.starts_with("old item: "), "{err}");
+        assert!(err.0.contains("attribute `email`"), "{err}");
+    }
+
+    #[test]
+    fn empty_keys_and_empty_batches_are_rejected() {
+        let c = cfg();
+        let input = ObjectInput {
+            key: String::new(),
+            ..ObjectInput::default()
+        };
+        let err = explain_object(&c, "eu-west-1", &input).unwrap_err();
+        assert!(err.0.contains("key is empty"), "{err}");
+        let err = explain_records(&c, "eu-west-1", None, r#"{"Records":[]}"#).unwrap_err();
+        assert!(err.0.contains("no record"), "{err}");
     }
 
     #[test]
