@@ -371,7 +371,16 @@ pub fn check_samconfig(config: &Config, file: &str, text: &str) -> Vec<String> {
         else {
             continue;
         };
-        let Some(region) = deploy.get("region").and_then(toml::Value::as_str) else {
+        // SAM takes the region from deploy.parameters, else from global.parameters.
+        let global_region = body
+            .get("global")
+            .and_then(|g| g.get("parameters"))
+            .and_then(|p| p.get("region"));
+        let Some(region) = deploy
+            .get("region")
+            .or(global_region)
+            .and_then(toml::Value::as_str)
+        else {
             continue;
         };
         deployed.insert(region.to_owned());
@@ -607,6 +616,32 @@ mod tests {
         assert!(
             p.iter().any(|m| m.contains("config-env `us-east-1`")
                 && m.contains("the stream of table `users` in us-east-1")),
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn a_region_given_only_in_global_parameters_is_checked_too() {
+        let text = r#"
+version = 0.1
+[us-east-1.global.parameters]
+region = "us-east-1"
+[us-east-1.deploy.parameters]
+parameter_overrides = ["CacheUrl=rediss://c:6379"]
+[eu-west-1.global.parameters]
+region = "eu-west-1"
+[eu-west-1.deploy.parameters]
+parameter_overrides = ["TableStreamArns=arn:aws:dynamodb:eu-west-1:111122223333:table/users/stream/L"]
+"#;
+        let p = check_samconfig(&example(), "samconfig.toml", text);
+        assert!(
+            p.iter().any(|m| m.contains("config-env `us-east-1`")
+                && m.contains("table `users` is not wired")),
+            "{p:#?}"
+        );
+        assert!(
+            !p.iter()
+                .any(|m| m.contains("expected a config-env deploying")),
             "{p:#?}"
         );
     }
