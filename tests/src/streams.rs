@@ -160,6 +160,17 @@ pub struct Replicator {
     versions: Arc<Versions>,
     /// Attribute holding the application's write time (ms), for last-writer-wins.
     written_at: Option<String>,
+    /// Every write this direction applied, in order: what the replica's ACDT can be.
+    pub applied: Vec<Applied>,
+}
+
+/// One write a replicator applied: its write time, and the wall clock just before and just
+/// after the destination accepted it (the destination's ACDT lies in between).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub written_at_ms: u64,
+    pub before_ms: u64,
+    pub after_ms: u64,
 }
 
 impl Replicator {
@@ -186,6 +197,7 @@ impl Replicator {
             echoes,
             versions,
             written_at,
+            applied: Vec::new(),
         }
     }
 
@@ -280,6 +292,7 @@ impl Replicator {
                     .iter()
                     .map(|(k, v)| (k.clone(), to_table_attr(v)))
                     .collect();
+                let before_ms = crate::now_ms();
                 self.dest
                     .dynamodb
                     .put_item()
@@ -287,6 +300,11 @@ impl Replicator {
                     .set_item(Some(item))
                     .send()
                     .await?;
+                self.applied.push(Applied {
+                    written_at_ms: t,
+                    before_ms,
+                    after_ms: crate::now_ms(),
+                });
             }
         }
         Ok(())
