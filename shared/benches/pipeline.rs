@@ -13,7 +13,9 @@ use tidemark::app::Ports;
 use tidemark::app::stream::StreamProcessor;
 use tidemark::config::Config;
 use tidemark::lambda::BatchHandler;
-use tidemark::ports::{DeadLetter, DeadLetterEntry, Outbound, PortError, Publish, PublishResult};
+use tidemark::ports::{
+    Alert, Alerts, DeadLetter, DeadLetterEntry, Outbound, PortError, Publish, PublishResult,
+};
 
 struct NullPublisher;
 impl Publish for NullPublisher {
@@ -26,6 +28,13 @@ struct NullDeadLetter;
 impl DeadLetter for NullDeadLetter {
     fn put(&self, _: Vec<DeadLetterEntry>) -> BoxFuture<'_, Result<(), PortError>> {
         Box::pin(async { Ok(()) })
+    }
+}
+
+struct NullAlerts;
+impl Alerts for NullAlerts {
+    fn send<'a>(&'a self, alerts: &'a [Alert]) -> BoxFuture<'a, Vec<Result<(), PortError>>> {
+        Box::pin(async move { alerts.iter().map(|_| Ok(())).collect() })
     }
 }
 
@@ -45,6 +54,7 @@ fn main() {
             publisher: Arc::new(NullPublisher),
             dead_letter: Arc::new(NullDeadLetter),
             labels: Arc::new(tidemark::keyhash::KeyLabels::plain()),
+            alerts: Arc::new(NullAlerts),
         },
         emf: tidemark::metrics::EmfOut::Stdout,
     };

@@ -10,6 +10,7 @@ pub mod adapters;
 pub mod app;
 pub mod config;
 pub mod ddb;
+pub mod enforce;
 pub mod error;
 pub mod explain;
 pub mod flush;

@@ -143,3 +143,80 @@ pub trait Heartbeats: Send + Sync {
 pub trait SecretSource: Send + Sync {
     fn read(&self) -> BoxFuture<'_, Result<Vec<u8>, PortError>>;
 }
+
+/// One alert on the alert topic. Keys and ids only, never item or object contents.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Alert {
+    /// What happened, e.g. `residency-violation`.
+    pub kind: String,
+    /// Stable across redeliveries of the same change (object version, or item key plus
+    /// stream sequence number): delivery is at least once, consumers deduplicate on it.
+    pub event_id: String,
+    /// Configured table or bucket name.
+    pub source: String,
+    /// The item or object key (hashed when `residency.hash_keys_in_alerts` is set).
+    pub key: String,
+    /// Object version id or stream sequence number.
+    pub version: Option<String>,
+    /// Region the data was found in.
+    pub region: String,
+    pub rule: Option<String>,
+    /// What enforcement does: `delete-replica`, `hold`, `alert` or `report`.
+    pub action: String,
+    /// Why the action is not the rule's (e.g. an origin copy is reported, not deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Sends alerts (SNS PublishBatch on the alert topic in production).
+pub trait Alerts: Send + Sync {
+    /// Sends every alert; one result per alert, in order.
+    fn send<'a>(&'a self, alerts: &'a [Alert]) -> BoxFuture<'a, Vec<Result<(), PortError>>>;
+}
+
+/// What a HEAD of one object version tells.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VersionHead {
+    /// `x-amz-replication-status: REPLICA`: S3 replication wrote this version here.
+    pub replica: bool,
+    pub size: u64,
+    /// User metadata (names without `x-amz-meta-`, as S3 returns them: lower-case).
+    pub metadata: Vec<(String, String)>,
+}
+
+/// Reads and removes single object versions (S3 in production). Every call names the
+/// version, so a later overwrite of the key cannot change what is read or removed.
+pub trait ObjectStore: Send + Sync {
+    /// `Ok(None)`: that version no longer exists.
+    fn head_version<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<Option<VersionHead>, PortError>>;
+    fn version_tags<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, PortError>>;
+    /// DeleteObject with VersionId: never replicated, so other regions' copies stay.
+    /// Deleting a version that is already gone succeeds.
+    fn delete_version<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<(), PortError>>;
+    /// Copies one version (metadata and tags included) to `to_bucket`/`to_key`, with a
+    /// multipart copy when `size` is above the 5 GB CopyObject limit.
+    fn copy_version<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        version: &'a str,
+        size: u64,
+        to_bucket: &'a str,
+        to_key: &'a str,
+    ) -> BoxFuture<'a, Result<(), PortError>>;
+}

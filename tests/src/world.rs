@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
+use tidemark::adapters::alerts::SnsAlerts;
 use tidemark::adapters::cache::{CacheSettings, RedisCache};
 use tidemark::adapters::dead_letter::{S3DeadLetter, SqsDeadLetter};
+use tidemark::adapters::object_store::S3ObjectStore;
 use tidemark::adapters::sns::SnsPublisher;
 use tidemark::app::Ports;
 
@@ -53,6 +55,8 @@ pub struct Options {
     pub second_delete_delay: Option<u32>,
     /// Shape of the object events the harness delivers.
     pub object_events: Shape,
+    /// Adds the residency rules of [`RESIDENCY_RULES`] to the configuration.
+    pub residency: bool,
 }
 
 impl Default for Options {
@@ -72,6 +76,7 @@ impl Default for Options {
             naive_wiring: false,
             second_delete_delay: None,
             object_events: Shape::EventBridge,
+            residency: false,
         }
     }
 }
@@ -120,6 +125,11 @@ pub struct RegionWorld {
     pub dead_letter_bucket: String,
     pub failure_bucket: String,
     pub redis_url: String,
+    /// The region's alert topic, and a queue subscribed to it (raw delivery).
+    pub alert_topic_arn: String,
+    pub alert_queue_url: String,
+    /// The non-replicated bucket residency `hold` copies into.
+    pub quarantine_bucket: String,
     /// The cache as the invalidator reaches it (through a gate that can fail it).
     pub cache_gate: Gate,
     pub stream_processor: Arc<dyn Invoke>,
@@ -174,7 +184,7 @@ unmatched = "anywhere"
 [[tables]]
 name = "{table}"
 partition_key = {{ name = "pk", type = "S" }}
-attributes = ["email", "updated_at_ms", "origin_region"]
+attributes = ["email", "updated_at_ms", "origin_region", "home_region"]
 cache_keys = ["{id}:user:{{pk}}", "{id}:user-email:{{email}}"]
 replicated = {replicated}
 canary = {{ enabled = true }}
@@ -185,9 +195,66 @@ name = "assets"
 bucket = "assets-{id}-{{region}}"
 cache_keys = ["{id}:asset:{{key}}"]
 canary = {{ enabled = true }}
+quarantine_bucket = "quarantine-{id}-{{region}}"
 "#
     )
 }
+
+/// Residency rules (`Options::residency`): everything they match may live in eu-west-1 only.
+/// Tag and metadata rules come first (the first matching rule wins).
+pub const RESIDENCY_RULES: (&str, &str) = (
+    r#"
+[[tables.residency]]
+name = "eu-residents"
+match = { attribute = { name = "home_region", equals = "eu" } }
+allowed_regions = ["eu-west-1"]
+action = "report"
+"#,
+    r#"
+[[buckets.residency]]
+name = "eu-tagged"
+match = { tag = { name = "residency", equals = "eu" } }
+allowed_regions = ["eu-west-1"]
+action = "hold"
+
+[[buckets.residency]]
+name = "eu-metadata"
+match = { metadata = { name = "residency", equals = "eu" } }
+allowed_regions = ["eu-west-1"]
+action = "delete-replica"
+
+[[buckets.residency]]
+name = "eu-only"
+match = { key_prefix = "eu/" }
+allowed_regions = ["eu-west-1"]
+action = "delete-replica"
+
+[[buckets.residency]]
+name = "eu-special"
+match = { key_prefix = "résidence eu+/%/" }
+allowed_regions = ["eu-west-1"]
+action = "delete-replica"
+
+[[buckets.residency]]
+name = "eu-hold"
+match = { key_prefix = "hold/" }
+allowed_regions = ["eu-west-1"]
+action = "hold"
+
+[[buckets.residency]]
+name = "eu-alert"
+match = { key_prefix = "alert/" }
+allowed_regions = ["eu-west-1"]
+action = "alert"
+
+[[buckets.residency]]
+name = "eu-any-copy"
+match = { key_prefix = "purge/" }
+allowed_regions = ["eu-west-1"]
+action = "delete-replica"
+replicas_only = false
+"#,
+);
 
 impl World {
     pub async fn start(options: Options) -> Result<Self> {
@@ -198,10 +265,13 @@ impl World {
         let dir = std::env::temp_dir().join(format!("tidemark-{id}"));
         std::fs::create_dir_all(&dir)?;
         let config_path = dir.join("tidemark.toml");
-        std::fs::write(
-            &config_path,
-            world_config(&id, &table, options.table_replicated),
-        )?;
+        let mut text = world_config(&id, &table, options.table_replicated);
+        if options.residency {
+            let (tables, buckets) = RESIDENCY_RULES;
+            text = text.replace("[[buckets]]", &format!("{tables}\n[[buckets]]"));
+            text.push_str(buckets);
+        }
+        std::fs::write(&config_path, text)?;
         let config = tidemark::config::Config::load(&config_path)?;
         let ttl: TtlMarks = Arc::default();
 
@@ -233,6 +303,17 @@ impl World {
             let (object_queue_url, object_queue_arn) = clients
                 .create_queue(&format!("objects-{id}"), Some(&object_dlq_arn), 3)
                 .await?;
+            let quarantine_bucket = format!("quarantine-{id}-{r}");
+            clients.create_bucket(&quarantine_bucket, false).await?;
+            let alert_topic_arn = clients
+                .create_topic(&format!("tidemark-alerts-{r}-{id}"))
+                .await?;
+            let (alert_queue_url, alert_queue_arn) = clients
+                .create_queue(&format!("alerts-{id}"), None, 0)
+                .await?;
+            clients
+                .subscribe(&alert_topic_arn, &alert_queue_arn, true, None)
+                .await?;
             let redis_url = emulators.redis_url(r).to_owned();
             let cache_gate = Gate::start(redis_url.trim_start_matches("redis://")).await?;
             let gated_url = format!("redis://{}", cache_gate.addr);
@@ -258,6 +339,10 @@ impl World {
                         (
                             "TIDEMARK_INVALIDATION_TOPIC_ARN".to_owned(),
                             topic_arn.clone(),
+                        ),
+                        (
+                            "TIDEMARK_ALERT_TOPIC_ARN".to_owned(),
+                            alert_topic_arn.clone(),
                         ),
                         ("RUST_LOG".to_owned(), "info".to_owned()),
                     ];
@@ -304,6 +389,8 @@ impl World {
                     let s3_dl = S3DeadLetter::new(clients.s3.clone(), dead_letter_bucket.clone());
                     let publisher =
                         Arc::new(SnsPublisher::new(clients.sns.clone(), topic_arn.clone()));
+                    let alerts =
+                        Arc::new(SnsAlerts::new(clients.sns.clone(), alert_topic_arn.clone()));
                     let sp = tidemark::app::stream::StreamProcessor {
                         config: config.clone(),
                         region: r.to_owned(),
@@ -311,6 +398,7 @@ impl World {
                             publisher: publisher.clone(),
                             dead_letter: Arc::new(s3_dl),
                             labels: Arc::new(tidemark::keyhash::KeyLabels::plain()),
+                            alerts: alerts.clone(),
                         },
                         emf: capture(&mut captured_emf, "stream-processor"),
                     };
@@ -328,7 +416,9 @@ impl World {
                                 )),
                             )),
                             labels: Arc::new(tidemark::keyhash::KeyLabels::plain()),
+                            alerts,
                         },
+                        objects: Arc::new(S3ObjectStore::new(clients.s3.clone())),
                     };
                     let ci = tidemark::app::invalidator::Invalidator {
                         namespace: "Tidemark".into(),
@@ -412,6 +502,9 @@ impl World {
                 dead_letter_bucket,
                 failure_bucket,
                 redis_url,
+                alert_topic_arn,
+                alert_queue_url,
+                quarantine_bucket,
                 cache_gate,
                 stream_processor,
                 binaries,

@@ -240,10 +240,15 @@ async fn stream_processor_without_store(
     let ports = tidemark::app::Ports {
         publisher: std::sync::Arc::new(tidemark::adapters::sns::SnsPublisher::new(
             c.sns.clone(),
-            topic,
+            topic.clone(),
         )),
         dead_letter: std::sync::Arc::new(S3DeadLetter::new(c.s3.clone(), unique("missing"))),
         labels: std::sync::Arc::new(tidemark::keyhash::KeyLabels::plain()),
+        // No residency rule in this configuration: nothing is sent.
+        alerts: std::sync::Arc::new(tidemark::adapters::alerts::SnsAlerts::new(
+            c.sns.clone(),
+            topic,
+        )),
     };
     Ok((
         tidemark::app::stream::StreamProcessor {

@@ -18,6 +18,9 @@ use tidemark_tests::world::{Options, Stages, World};
 /// `tidemark check --live` against moto (its own file: it shares nothing with the worlds).
 mod live_check;
 
+#[path = "residency.rs"]
+mod residency;
+
 const NO_INVALIDATOR: Stages = Stages {
     replication: true,
     streams: true,

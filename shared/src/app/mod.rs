@@ -9,7 +9,7 @@ pub mod stream;
 
 use std::sync::Arc;
 
-use crate::ports::{DeadLetter, Publish};
+use crate::ports::{Alerts, DeadLetter, Publish};
 
 /// Ports shared by the processors.
 #[derive(Clone)]
@@ -18,6 +18,8 @@ pub struct Ports {
     pub dead_letter: Arc<dyn DeadLetter>,
     /// How keys appear in logs (plain, or HMAC-hashed under a Secrets Manager key).
     pub labels: Arc<KeyLabels>,
+    /// The alert topic (residency violations).
+    pub alerts: Arc<dyn Alerts>,
 }
 
 impl std::fmt::Debug for Ports {
@@ -26,7 +28,7 @@ impl std::fmt::Debug for Ports {
     }
 }
 
-use crate::adapters::{aws, dead_letter, secret, sns};
+use crate::adapters::{alerts, aws, dead_letter, secret, sns};
 use crate::keyhash::KeyLabels;
 
 /// Key labels for logs from the configuration: plain keys, or, with
@@ -55,8 +57,8 @@ pub async fn base_from_env()
     Ok((config, region, aws::sdk_config().await))
 }
 
-/// Builds the publisher and an S3 dead-letter store from the environment:
-/// `TIDEMARK_INVALIDATION_TOPIC_ARN`, `TIDEMARK_DEAD_LETTER_BUCKET`.
+/// Builds the publisher, the alert sender and an S3 dead-letter store from the environment:
+/// `TIDEMARK_INVALIDATION_TOPIC_ARN`, `TIDEMARK_ALERT_TOPIC_ARN`, `TIDEMARK_DEAD_LETTER_BUCKET`.
 pub async fn stream_ports(
     config: &crate::config::Config,
     sdk: &aws_config::SdkConfig,
@@ -67,11 +69,12 @@ pub async fn stream_ports(
         publisher: Arc::new(sns::SnsPublisher::new(aws_sdk_sns::Client::new(sdk), topic)),
         dead_letter: Arc::new(dead_letter::S3DeadLetter::new(aws::s3_client(sdk), bucket)),
         labels: key_labels(config, sdk)?,
+        alerts: alert_sender(sdk)?,
     })
 }
 
-/// Builds the publisher and an SQS dead-letter store from the environment:
-/// `TIDEMARK_INVALIDATION_TOPIC_ARN`, `TIDEMARK_DEAD_LETTER_QUEUE_URL`.
+/// Builds the publisher, the alert sender and an SQS dead-letter store from the environment:
+/// `TIDEMARK_INVALIDATION_TOPIC_ARN`, `TIDEMARK_ALERT_TOPIC_ARN`, `TIDEMARK_DEAD_LETTER_QUEUE_URL`.
 pub async fn queue_ports(
     config: &crate::config::Config,
     sdk: &aws_config::SdkConfig,
@@ -81,7 +84,17 @@ pub async fn queue_ports(
         publisher: Arc::new(sns::SnsPublisher::new(aws_sdk_sns::Client::new(sdk), topic)),
         dead_letter: sqs_dead_letter(sdk)?,
         labels: key_labels(config, sdk)?,
+        alerts: alert_sender(sdk)?,
     })
+}
+
+/// Alerts go to the region's alert topic: `TIDEMARK_ALERT_TOPIC_ARN`.
+pub fn alert_sender(sdk: &aws_config::SdkConfig) -> Result<Arc<dyn Alerts>, SettingsError> {
+    let topic = settings::required("TIDEMARK_ALERT_TOPIC_ARN")?;
+    Ok(Arc::new(alerts::SnsAlerts::new(
+        aws_sdk_sns::Client::new(sdk),
+        topic,
+    )))
 }
 
 /// `TIDEMARK_DEAD_LETTER_QUEUE_URL`, and optionally `TIDEMARK_DEAD_LETTER_BUCKET` for

@@ -1,24 +1,37 @@
 //! object-processor: S3 object events (EventBridge rule → SQS, and S3 replication
 //! notifications → SQS) → invalidations (then lag audit and residency).
 
+use std::sync::Arc;
+
 use crate::config::Config;
 use crate::ddb::split_batch;
+use crate::enforce::ObjectResidencyStage;
 use crate::error::DecodeError;
 use crate::invalidation::{InvalidationStage, ObjectEvent};
 use crate::metrics::Metrics;
 use crate::objects::ObjectMessage;
 use crate::pipeline::{self, Context, Decoded};
+use crate::ports::ObjectStore;
 use crate::sqs::SqsRecord;
 
 use super::Ports;
 
 pub const FUNCTION: &str = "object-processor";
 
-#[derive(Debug)]
 pub struct ObjectProcessor {
     pub config: Config,
     pub region: String,
     pub ports: Ports,
+    /// Reads and removes object versions for residency actions.
+    pub objects: Arc<dyn ObjectStore>,
+}
+
+impl std::fmt::Debug for ObjectProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectProcessor")
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
 }
 
 impl crate::lambda::BatchHandler for ObjectProcessor {
@@ -28,6 +41,12 @@ impl crate::lambda::BatchHandler for ObjectProcessor {
         let mut invalidation =
             InvalidationStage::new(self.ports.publisher.as_ref(), FUNCTION, &self.region)
                 .with_max_key_bytes(self.config.deployment.max_cache_key_bytes);
+        let mut residency = ObjectResidencyStage::new(
+            self.objects.as_ref(),
+            self.ports.alerts.as_ref(),
+            &self.config,
+            &self.region,
+        );
         let config = &self.config;
         let region = self.region.as_str();
         let decode = pipeline::decoder(|raw| {
@@ -96,7 +115,7 @@ impl crate::lambda::BatchHandler for ObjectProcessor {
             ctx,
             &raws,
             decode,
-            &mut [&mut invalidation],
+            &mut [&mut invalidation, &mut residency],
             self.ports.dead_letter.as_ref(),
             &mut metrics,
         )
@@ -115,6 +134,9 @@ impl ObjectProcessor {
             config,
             region,
             ports,
+            objects: Arc::new(crate::adapters::object_store::S3ObjectStore::new(
+                crate::adapters::aws::s3_client(&sdk),
+            )),
         })
     }
 }

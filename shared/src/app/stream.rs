@@ -6,6 +6,7 @@ use serde::Deserialize;
 use super::Ports;
 use crate::config::Config;
 use crate::ddb::{StreamRecord, split_batch, table_from_arn};
+use crate::enforce::ItemResidencyStage;
 use crate::error::DecodeError;
 use crate::invalidation::{InvalidationStage, TableChange, check_view};
 use crate::lag::{HEARTBEAT_WRITTEN_AT, LagStage};
@@ -32,6 +33,8 @@ impl crate::lambda::BatchHandler for StreamProcessor {
             InvalidationStage::new(self.ports.publisher.as_ref(), FUNCTION, &self.region)
                 .with_max_key_bytes(self.config.deployment.max_cache_key_bytes);
         let mut lag = LagStage::new(&self.config, &self.region, crate::now_ms());
+        let mut residency =
+            ItemResidencyStage::new(self.ports.alerts.as_ref(), &self.config, &self.region);
         let prefix = self.config.deployment.heartbeat_prefix.as_str();
         let config = &self.config;
         // One mapping per table: decode only the attributes that table declares (keys,
@@ -114,7 +117,7 @@ impl crate::lambda::BatchHandler for StreamProcessor {
             ctx,
             &raws,
             decode,
-            &mut [&mut invalidation, &mut lag],
+            &mut [&mut invalidation, &mut lag, &mut residency],
             self.ports.dead_letter.as_ref(),
             &mut metrics,
         )

@@ -47,6 +47,8 @@ async fn runtime() -> Result<()> {
         ("TIDEMARK_S3_FORCE_PATH_STYLE", "true"),
         ("TIDEMARK_CONFIG_PATH", &config.display().to_string()),
         ("TIDEMARK_INVALIDATION_TOPIC_ARN", &topic),
+        // No rule in this configuration: nothing is ever sent to the alert topic.
+        ("TIDEMARK_ALERT_TOPIC_ARN", &topic),
         ("TIDEMARK_DEAD_LETTER_BUCKET", &bucket),
         ("AWS_LAMBDA_LOG_LEVEL", "WARN"),
     ]
