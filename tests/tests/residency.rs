@@ -474,14 +474,17 @@ async fn throttled_delete_is_retried_until_the_replica_is_gone() -> Result<()> {
     let mut w = residency_world(Shape::EventBridge).await?;
     let key = "eu/retry.txt";
     put_in(&w, EU, key, None, None).await?;
-    // The next two version deletes fail with 503 (transient); nothing else deletes here.
-    w.proxy.fail("S3:DELETE", 503, Some(2));
+    // The next four DeleteObject requests fail with 503 (transient): more than the SDK's own
+    // attempts (3 in-process, 2 for the binaries), so the record itself must be retried.
+    // Nothing else deletes in this world.
+    w.proxy.fail("S3:DELETE", 503, Some(4));
     w.settle_with(tidemark_tests_stages(), Duration::from_secs(90))
         .await?;
     assert!(
         versions(&w, US, key).await?.is_empty(),
         "retried until the delete went through"
     );
+    assert!(w.proxy.calls("S3:DELETE") >= 5, "every injected failure was hit");
     assert_eq!(versions(&w, EU, key).await?.len(), 1);
     // At least once: the alert may repeat, always under the same event id.
     let us = alerts(&w, US).await?;
