@@ -484,7 +484,10 @@ async fn throttled_delete_is_retried_until_the_replica_is_gone() -> Result<()> {
         versions(&w, US, key).await?.is_empty(),
         "retried until the delete went through"
     );
-    assert!(w.proxy.calls("S3:DELETE") >= 5, "every injected failure was hit");
+    assert!(
+        w.proxy.calls("S3:DELETE") >= 5,
+        "every injected failure was hit"
+    );
     assert_eq!(versions(&w, EU, key).await?.len(), 1);
     // At least once: the alert may repeat, always under the same event id.
     let us = alerts(&w, US).await?;
@@ -499,4 +502,52 @@ fn tidemark_tests_stages() -> tidemark_tests::world::Stages {
         streams: true,
         invalidator: false,
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn permanent_action_failures_are_dead_lettered_with_the_reason() -> Result<()> {
+    let mut w = residency_world(Shape::EventBridge).await?;
+    // A quarantine bucket that does not exist, and access denied on every version delete.
+    let q = w.region(US).quarantine_bucket.clone();
+    w.region(US)
+        .clients
+        .s3
+        .delete_bucket()
+        .bucket(&q)
+        .send()
+        .await?;
+    w.proxy.fail("S3:DELETE", 403, None);
+    put_in(&w, EU, "eu/denied.txt", None, None).await?;
+    put_in(&w, EU, "hold/nowhere.txt", None, None).await?;
+    w.settle_with(tidemark_tests_stages(), Duration::from_secs(60))
+        .await?;
+
+    // Never silently skipped: both replicas are still there, each record dead-lettered
+    // once (not retried until the queue gives up) with a reason naming what failed.
+    assert_eq!(versions(&w, US, "eu/denied.txt").await?.len(), 1);
+    assert_eq!(versions(&w, US, "hold/nowhere.txt").await?.len(), 1);
+    let r = w.region(US);
+    let dead: Vec<serde_json::Value> = r
+        .clients
+        .drain(&r.object_dlq_url)
+        .await?
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    let reasons: Vec<&str> = dead.iter().filter_map(|d| d["reason"].as_str()).collect();
+    assert_eq!(reasons.len(), 2, "{dead:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("delete-replica failed")
+            && r.contains("403")
+            && r.contains("eu/denied.txt")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("hold failed") && r.contains(&q)),
+        "{reasons:?}"
+    );
+    Ok(())
 }
