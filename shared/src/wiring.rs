@@ -247,6 +247,56 @@ fn resources(config: &Config) -> String {
         s.push('\n');
     }
 
+    // Residency actions on the buckets that have rules, and on their quarantine buckets.
+    let ruled: Vec<_> = config
+        .buckets
+        .iter()
+        .filter(|b| !b.residency.is_empty())
+        .collect();
+    if !ruled.is_empty() {
+        s.push_str(
+            "  ResidencySourcesPolicy:\n    Type: AWS::IAM::Policy\n    Properties:\n      PolicyName: residency\n      Roles: [!Ref ObjectProcessorRole]\n      PolicyDocument:\n        Version: \"2012-10-17\"\n        Statement:\n",
+        );
+        for b in &ruled {
+            let l = logical(&b.name);
+            let bucket = b.bucket_in("${AWS::Region}");
+            // HEAD and tags of the event's exact version (rules on tags and metadata,
+            // and the REPLICA check).
+            let _ = write!(
+                s,
+                "          - Sid: ReadVersions{l}\n            Effect: Allow\n            Action: [s3:GetObjectVersion, s3:GetObjectVersionTagging]\n            Resource: !Sub \"arn:${{AWS::Partition}}:s3:::{bucket}/*\"\n          # Without ListBucket, HeadObject on a version deleted since the event is a 403, not a 404.\n          - Sid: SeeDeletedVersions{l}\n            Effect: Allow\n            Action: s3:ListBucket\n            Resource: !Sub \"arn:${{AWS::Partition}}:s3:::{bucket}\"\n"
+            );
+            let deletes = b.residency.iter().any(|r| {
+                matches!(
+                    r.action,
+                    crate::config::Action::DeleteReplica | crate::config::Action::Hold
+                )
+            });
+            if deletes {
+                let _ = write!(
+                    s,
+                    "          - Sid: DeleteVersions{l}\n            Effect: Allow\n            Action: s3:DeleteObjectVersion\n            Resource: !Sub \"arn:${{AWS::Partition}}:s3:::{bucket}/*\"\n"
+                );
+            }
+            let holds = b
+                .residency
+                .iter()
+                .any(|r| r.action == crate::config::Action::Hold);
+            if let (true, Some(q)) = (holds, b.quarantine_in("${AWS::Region}")) {
+                // CopyObject (and the multipart copy above 5 GB) into the quarantine bucket,
+                // with the version's tags.
+                let _ = write!(
+                    s,
+                    "          - Sid: Quarantine{l}\n            Effect: Allow\n            Action: [s3:PutObject, s3:PutObjectTagging, s3:AbortMultipartUpload]\n            Resource: !Sub \"arn:${{AWS::Partition}}:s3:::{q}/*\"\n"
+                );
+            }
+        }
+        // Buckets encrypted with customer-managed keys: read the source, write the copy.
+        s.push_str(
+            "          - !If\n            - HasBucketKeys\n            - Sid: BucketKeys\n              Effect: Allow\n              Action: [kms:Decrypt, kms:GenerateDataKey]\n              Resource: !Ref BucketKmsKeyArns\n              Condition:\n                StringEquals: { kms:ViaService: !Sub \"s3.${AWS::Region}.amazonaws.com\" }\n            - !Ref AWS::NoValue\n\n",
+        );
+    }
+
     // One stall alarm per canary source and peer (the canary emits HeartbeatAge for tables
     // and buckets alike, with the source's name from tidemark.toml).
     for name in canary_tables
@@ -554,6 +604,9 @@ mod tests {
             "ReplicationLagUsersFromEuWest1:",
             "sns:ap-south-1:${AWS::AccountId}:tidemark-invalidations-ap-south-1",
             "PeerApSouth1: !Not [!Equals [!Ref AWS::Region, ap-south-1]]",
+            "Sid: DeleteVersionsMedia",
+            "s3:::acme-media-${AWS::Region}/*",
+            "s3:::tidemark-quarantine-${AWS::Region}/*",
         ] {
             assert!(
                 all.contains(id),
