@@ -29,6 +29,14 @@ pub const NOTIFICATION_KEYS: &[(&str, &str)] = &[
     ("a+b.txt", "a%2Bb.txt"),
     ("100%/x.png", "100%25/x.png"),
     ("dir/é 日本.txt", "dir/%C3%A9+%E6%97%A5%E6%9C%AC.txt"),
+    (
+        "eu/report 2026+Q1 100%.txt",
+        "eu/report+2026%2BQ1+100%25.txt",
+    ),
+    (
+        "résidence eu+/%/fiche 1.txt",
+        "r%C3%A9sidence+eu%2B/%25/fiche+1.txt",
+    ),
 ];
 
 /// The key as a notification carries it: from [`NOTIFICATION_KEYS`], or unchanged when it
