@@ -583,6 +583,7 @@ mod tests {
         let mut b2 = c.buckets[0].clone();
         b2.name = "media".into();
         b2.bucket_pattern = "acme-media-{region}".into();
+        b2.residency[0].action = crate::config::Action::Hold;
         c.buckets.push(b2);
         c.deployment.regions.push("ap-south-1".into());
         let w = render(&c).expect("distinct sources render");
@@ -606,6 +607,7 @@ mod tests {
             "PeerApSouth1: !Not [!Equals [!Ref AWS::Region, ap-south-1]]",
             "Sid: DeleteVersionsMedia",
             "s3:::acme-media-${AWS::Region}/*",
+            "Sid: QuarantineMedia",
             "s3:::tidemark-quarantine-${AWS::Region}/*",
         ] {
             assert!(
