@@ -189,6 +189,17 @@ impl DeadLetter for MemoryDeadLetter {
     }
 }
 
+/// Accepts every alert (the embedded rules may report generated items).
+struct AcceptAlerts;
+impl crate::ports::Alerts for AcceptAlerts {
+    fn send<'a>(
+        &'a self,
+        alerts: &'a [crate::ports::Alert],
+    ) -> BoxFuture<'a, Vec<Result<(), PortError>>> {
+        Box::pin(async move { alerts.iter().map(|_| Ok(())).collect() })
+    }
+}
+
 struct Run {
     failed: Vec<String>,
     keys: std::collections::BTreeSet<String>,
@@ -209,6 +220,7 @@ fn run_stream_with(records: &[String], labels: crate::keyhash::KeyLabels) -> Run
             publisher: publisher.clone(),
             dead_letter: dead_letter.clone(),
             labels: Arc::new(labels),
+            alerts: Arc::new(AcceptAlerts),
         },
         emf: crate::metrics::EmfOut::Captured(Arc::default()),
     };
