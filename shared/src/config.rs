@@ -111,6 +111,10 @@ pub struct Deployment {
     /// until the stream gives up: a key too large for any message can never be published.
     #[serde(default = "default_max_cache_key_bytes")]
     pub max_cache_key_bytes: usize,
+    /// Seconds between canary ticks: the minute's schedule queues the ticks in between as
+    /// delayed messages (1–60, dividing 60).
+    #[serde(default = "default_heartbeat_interval")]
+    pub heartbeat_interval_seconds: u32,
 }
 
 /// Default of `deployment.max_cache_key_bytes`.
@@ -137,6 +141,9 @@ fn default_peer_down_after() -> u64 {
 }
 fn default_stale_after() -> u64 {
     60
+}
+fn default_heartbeat_interval() -> u32 {
+    10
 }
 
 /// What happens to data no residency rule matches.
@@ -719,6 +726,14 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigErrors> {
             ),
         );
     }
+    let interval = raw.deployment.heartbeat_interval_seconds;
+    if interval == 0 || interval > 60 || 60 % interval != 0 {
+        c.fail(
+            "",
+            "deployment.heartbeat_interval_seconds",
+            format!("expected a divisor of 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60), found {interval}"),
+        );
+    }
 
     let mut names = HashSet::new();
     let mut tables = Vec::new();
@@ -951,6 +966,24 @@ cache_keys = ["asset:{key}"]
             (e.location.as_str(), e.field.as_str()),
             ("table \"users\", ", "canary.enabled")
         );
+    }
+
+    #[test]
+    fn heartbeat_interval_must_divide_the_minute() {
+        let with = |n: &str| {
+            BASE.replace(
+                "regions = [\"us-east-1\", \"eu-west-1\"]\n",
+                &format!(
+                    "regions = [\"us-east-1\", \"eu-west-1\"]\nheartbeat_interval_seconds = {n}\n"
+                ),
+            )
+        };
+        for bad in ["7", "0", "120"] {
+            let e = err(&with(bad));
+            assert_eq!(e.field, "deployment.heartbeat_interval_seconds", "{bad}");
+            assert!(e.message.contains(&format!("found {bad}")), "{}", e.message);
+        }
+        assert!(Config::parse("t.toml", &with("15")).is_ok());
     }
 
     #[test]

@@ -79,31 +79,6 @@ where
     .await
 }
 
-/// A scheduled function: one tick per invocation, the event's content unused.
-pub trait ScheduledHandler: Sync {
-    fn tick(&self) -> impl Future<Output = Result<(), String>> + Send;
-}
-
-/// Like [`run_batches`] for a scheduled function.
-pub async fn run_scheduled<H, I>(function: &'static str, init: I) -> Result<(), Error>
-where
-    H: ScheduledHandler,
-    I: Future<Output = Result<H, crate::settings::SettingsError>>,
-{
-    crate::logging::init();
-    let handler = init
-        .await
-        .map_err(|e| crate::runtime::init_failed(function, e))?;
-    let handler = &handler;
-    lambda_runtime::run(service_fn(
-        move |_: LambdaEvent<Box<RawValue>>| async move {
-            handler.tick().await?;
-            Ok::<_, Error>(serde_json::json!({"ok": true}))
-        },
-    ))
-    .await
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -220,3 +220,9 @@ pub trait ObjectStore: Send + Sync {
         to_key: &'a str,
     ) -> BoxFuture<'a, Result<(), PortError>>;
 }
+
+/// Queues the canary's ticks between two scheduled minutes (SQS delay queue in production).
+pub trait TickQueue: Send + Sync {
+    /// One message per entry of `delays_s`, each delivered after that many seconds.
+    fn send_delayed<'a>(&'a self, delays_s: &'a [u32]) -> BoxFuture<'a, Result<(), PortError>>;
+}

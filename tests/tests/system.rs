@@ -1539,9 +1539,15 @@ async fn delayed_second_delete_removes_a_held_readers_refill() -> Result<()> {
 async fn canary_heartbeats_replicate_and_report_their_age() -> Result<()> {
     use tidemark_tests::runtime::{BinaryFunction, Invoke, InvokeResult};
     let mut w = World::start(Options::default()).await?;
+    // us-east-1's canary gets a tick queue, as the template wires it.
+    let us_clients = w.region("us-east-1").clients.clone();
+    let (tick_url, _) = us_clients
+        .create_queue(&format!("ticks-{}", w.id), None, 0)
+        .await?;
+    let scheduled = json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
     let mut canaries = Vec::new();
     for region in ["us-east-1", "eu-west-1"] {
-        let env: Vec<(String, String)> = [
+        let mut env: Vec<(String, String)> = [
             ("AWS_ENDPOINT_URL", w.proxy.url.as_str()),
             ("AWS_ACCESS_KEY_ID", "test"),
             ("AWS_SECRET_ACCESS_KEY", "test"),
@@ -1551,6 +1557,9 @@ async fn canary_heartbeats_replicate_and_report_their_age() -> Result<()> {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
+        if region == "us-east-1" {
+            env.push(("TIDEMARK_TICK_QUEUE_URL".to_owned(), tick_url.clone()));
+        }
         canaries.push(
             BinaryFunction::start(
                 "replication-canary",
@@ -1563,16 +1572,16 @@ async fn canary_heartbeats_replicate_and_report_their_age() -> Result<()> {
     }
     for c in &canaries {
         assert_eq!(
-            c.invoke("{}".into()).await?,
-            InvokeResult::Ok(json!({"ok": true}))
+            c.invoke(scheduled.to_string()).await?,
+            InvokeResult::Ok(json!({"batchItemFailures": []}))
         );
     }
     w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
         .await?;
     for c in &canaries {
         assert_eq!(
-            c.invoke("{}".into()).await?,
-            InvokeResult::Ok(json!({"ok": true}))
+            c.invoke(scheduled.to_string()).await?,
+            InvokeResult::Ok(json!({"batchItemFailures": []}))
         );
     }
     // Each region now reads the peer's table and bucket heartbeats from its own replicas.
@@ -1609,6 +1618,36 @@ async fn canary_heartbeats_replicate_and_report_their_age() -> Result<()> {
             "{found:?}"
         );
     }
+    // Both peers are live and replication flows: staleness per pair, no peer down.
+    for (c, (dest, src)) in canaries
+        .iter()
+        .zip([("us-east-1", "eu-west-1"), ("eu-west-1", "us-east-1")])
+    {
+        let docs = c.emf();
+        let stale: BTreeSet<String> = pair_values(&docs, "Staleness", src, dest)
+            .into_iter()
+            .map(|(source, _)| source)
+            .collect();
+        assert_eq!(stale, set(&[w.table.as_str(), "assets"]), "{docs:?}");
+        assert!(
+            pair_values(&docs, "PeerDown", src, dest).is_empty(),
+            "{docs:?}"
+        );
+    }
+    // Each scheduled invocation queued the minute's other five ticks (10 … 50 s).
+    let delayed_attr = aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesDelayed;
+    let attrs = us_clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&tick_url)
+        .attribute_names(delayed_attr.clone())
+        .send()
+        .await?;
+    let delayed = attrs
+        .attributes()
+        .and_then(|a| a.get(&delayed_attr))
+        .cloned();
+    assert_eq!(delayed.as_deref(), Some("10"), "two minutes' ticks queued");
     // Heartbeats are measured, never announced as invalidations.
     for region in ["us-east-1", "eu-west-1"] {
         let k = keys(&announced(&w, region).await?, &w.key_prefix);
@@ -2106,6 +2145,7 @@ async fn world_canaries(
                     ((*p).to_owned(), c)
                 })
                 .collect(),
+            ticks: None,
         })
         .collect()
 }
@@ -2303,6 +2343,105 @@ async fn a_stopped_or_unreachable_peer_is_down_and_leaves_this_region_healthy() 
         pair_values(&us_docs, "Staleness", eu, us).len(),
         2,
         "{us_docs:?}"
+    );
+    Ok(())
+}
+
+/// Write times (epoch ms) of every version of `region`'s own heartbeat object, oldest first:
+/// one version per tick, read from the versioned bucket.
+async fn heartbeat_versions(w: &World, region: &str) -> Result<Vec<u64>> {
+    use tidemark::app::canary::{WRITTEN_AT, heartbeat_object_key};
+    let r = w.region(region);
+    let key = heartbeat_object_key("tidemark-heartbeat", region);
+    let out = r
+        .clients
+        .s3
+        .list_object_versions()
+        .bucket(&r.bucket)
+        .prefix(&key)
+        .send()
+        .await?;
+    let mut times = Vec::new();
+    for v in out
+        .versions()
+        .iter()
+        .filter(|v| v.key() == Some(key.as_str()))
+    {
+        let head = r
+            .clients
+            .s3
+            .head_object()
+            .bucket(&r.bucket)
+            .key(&key)
+            .set_version_id(v.version_id().map(str::to_owned))
+            .send()
+            .await?;
+        times.push(
+            head.metadata()
+                .and_then(|m| m.get(WRITTEN_AT))
+                .unwrap_or_else(|| panic!("heartbeat version without {WRITTEN_AT}"))
+                .parse()?,
+        );
+    }
+    times.sort_unstable();
+    Ok(times)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn the_minute_schedule_queues_ticks_that_keep_their_interval() -> Result<()> {
+    use std::sync::Arc;
+    use tidemark::adapters::ticks::SqsTickQueue;
+    use tidemark_tests::runtime::{InProcess, Invoke, InvokeResult};
+    use tidemark_tests::sqs::SqsMapping;
+    let us = "us-east-1";
+    let w = World::start(Options::default()).await?;
+    let mut config = tidemark::config::Config::load(&w.config_path)?;
+    config.deployment.heartbeat_interval_seconds = 2;
+    let clients = w.region(us).clients.clone();
+    let (url, arn) = clients
+        .create_queue(&format!("ticks-{}", w.id), None, 0)
+        .await?;
+    let mut canary = world_canaries(&w, &config, None)
+        .await
+        .into_iter()
+        .next()
+        .unwrap();
+    canary.ticks = Some(Arc::new(SqsTickQueue::new(
+        clients.sqs.clone(),
+        url.clone(),
+    )));
+    let canary: Arc<dyn Invoke> = Arc::new(InProcess::new("replication-canary", canary));
+    let mapping = SqsMapping::new(clients.clone(), &url, &arn, canary.clone(), 10);
+
+    // The minute's scheduled invocation (EventBridge's event shape), then the queue's
+    // deliveries for 9 s: ticks at 0, 2, 4, 6 and 8 s.
+    let scheduled = json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
+    let start = tidemark::now_ms();
+    assert_eq!(
+        canary.invoke(scheduled.to_string()).await?,
+        InvokeResult::Ok(json!({"batchItemFailures": []}))
+    );
+    while tidemark::now_ms() - start < 9_000 {
+        mapping.step().await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let times = heartbeat_versions(&w, us).await?;
+    assert_eq!(
+        times.len(),
+        5,
+        "one tick now and at 2, 4, 6, 8 s: {times:?}"
+    );
+    let gaps: Vec<u64> = times.windows(2).map(|p| p[1] - p[0]).collect();
+    assert!(
+        gaps.iter().all(|g| (1_500..2_600).contains(g)),
+        "each tick 2 s after the previous: {gaps:?} ms"
+    );
+    // Delays count from one send, so the interval does not drift over the cycles.
+    let span = times[4] - times[0];
+    assert!(
+        (7_500..8_600).contains(&span),
+        "four intervals span {span} ms"
     );
     Ok(())
 }

@@ -1,8 +1,10 @@
-//! replication-canary: scheduled heartbeat writer and reader (stall detection).
+//! replication-canary: heartbeat writer and reader (staleness, peer down), invoked by the
+//! minute's schedule and by the tick queue's messages in between.
 
 use tidemark::app::canary::{Canary, FUNCTION};
+use tidemark::lambda::Trigger;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    tidemark::lambda::run_scheduled(FUNCTION, Canary::from_env()).await
+    tidemark::lambda::run_batches(FUNCTION, Trigger::Sqs, Canary::from_env()).await
 }

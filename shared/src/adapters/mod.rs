@@ -11,3 +11,4 @@ pub mod iam_auth;
 pub mod object_store;
 pub mod secret;
 pub mod sns;
+pub mod ticks;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use crate::config::{Bucket, Config, KeyType, Table};
 use crate::error::PortError;
 use crate::metrics::{Dim, Metric, Metrics};
-use crate::ports::{Heartbeats, ItemValue};
+use crate::ports::{Heartbeats, ItemValue, TickQueue};
 
 pub const FUNCTION: &str = "replication-canary";
 /// Attribute / metadata holding the heartbeat's write time (epoch ms); the stream-processor
@@ -36,6 +36,8 @@ pub struct Canary {
     /// Per peer region: reads of the peer's own heartbeat in the peer (cross-region).
     /// A peer without an entry is read as unreachable.
     pub peers: BTreeMap<String, Arc<dyn Heartbeats>>,
+    /// Where the minute's schedule queues the ticks in between (none: one tick a minute).
+    pub ticks: Option<Arc<dyn TickQueue>>,
 }
 
 impl std::fmt::Debug for Canary {
@@ -43,8 +45,16 @@ impl std::fmt::Debug for Canary {
         f.debug_struct("Canary")
             .field("region", &self.region)
             .field("peers", &self.peers.keys().collect::<Vec<_>>())
-            .finish()
+            .field("ticks", &self.ticks.is_some())
+            .finish_non_exhaustive()
     }
+}
+
+/// Delays (s) of the ticks the minute's scheduled tick queues after itself: one every
+/// `interval_s` until the next minute's schedule (10 → 10, 20, 30, 40, 50).
+pub fn sub_minute_delays(interval_s: u32) -> Vec<u32> {
+    let interval_s = interval_s.clamp(1, 60);
+    (1..60 / interval_s).map(|k| k * interval_s).collect()
 }
 
 /// What one peer's two heartbeats say about it and about this region.
@@ -306,9 +316,39 @@ impl Canary {
     }
 }
 
-impl crate::lambda::ScheduledHandler for Canary {
-    fn tick(&self) -> impl std::future::Future<Output = Result<(), String>> + Send {
-        self.run_tick()
+impl Canary {
+    /// One invocation. The EventBridge schedule (once a minute) first queues the minute's
+    /// remaining ticks as delayed messages, then ticks; a tick message (an SQS batch,
+    /// normally of one) just ticks. Queuing the minute's ticks from the schedule, rather
+    /// than each tick queuing the next, means a lost or duplicated message costs or adds
+    /// one tick and never ends or forks the chain.
+    pub async fn handle_event(&self, event: &str) -> Result<(), String> {
+        let from_queue = serde_json::from_str::<serde_json::Value>(event)
+            .ok()
+            .is_some_and(|v| v.get("Records").is_some_and(serde_json::Value::is_array));
+        let mut errors = Vec::new();
+        if !from_queue && let Some(q) = &self.ticks {
+            let delays = sub_minute_delays(self.config.deployment.heartbeat_interval_seconds);
+            if let Err(e) = q.send_delayed(&delays).await {
+                errors.push(format!("queuing this minute's ticks: {e}"));
+            }
+        }
+        if let Err(e) = self.run_tick().await {
+            errors.push(e);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
+
+/// Tick failures fail the invocation (they count in the function's Errors); a failed tick
+/// message is not worth retrying, the tick queue's short retention drops it.
+impl crate::lambda::BatchHandler for Canary {
+    async fn handle(&self, event: &str) -> Result<Vec<String>, String> {
+        self.handle_event(event).await.map(|()| Vec::new())
     }
 }
 
@@ -341,7 +381,14 @@ impl Canary {
                 (p.to_owned(), store)
             })
             .collect();
+        let ticks = crate::settings::optional("TIDEMARK_TICK_QUEUE_URL").map(|url| {
+            Arc::new(crate::adapters::ticks::SqsTickQueue::new(
+                aws_sdk_sqs::Client::new(&sdk),
+                url,
+            )) as Arc<dyn TickQueue>
+        });
         Ok(Self {
+            ticks,
             local: Arc::new(AwsHeartbeats::new(
                 aws_sdk_dynamodb::Client::new(&sdk),
                 crate::adapters::aws::s3_client(&sdk),
@@ -359,6 +406,13 @@ mod tests {
     use super::*;
 
     const DOWN_AFTER: u64 = 60_000;
+
+    #[test]
+    fn the_minute_is_filled_with_ticks_one_interval_apart() {
+        assert_eq!(sub_minute_delays(10), vec![10, 20, 30, 40, 50]);
+        assert_eq!(sub_minute_delays(60), Vec::<u32>::new());
+        assert_eq!(sub_minute_delays(15), vec![15, 30, 45]);
+    }
 
     #[test]
     fn a_fresh_peer_with_an_old_copy_here_is_stale_by_the_gap() {
@@ -539,6 +593,7 @@ canary = { enabled = true }
             region: US.into(),
             local: Arc::new(local),
             peers,
+            ticks: None,
         }
     }
 
