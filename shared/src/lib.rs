@@ -27,6 +27,7 @@ pub mod pipeline;
 pub mod ports;
 mod proptests;
 pub mod regions;
+pub mod replication_events;
 pub mod residency;
 mod sample_events;
 pub mod samples;

@@ -23,6 +23,17 @@ pub enum ObjectEventKind {
     Replication(ReplicationEvent),
 }
 
+impl ObjectEventKind {
+    /// The event as logs and reasons name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "ObjectCreated",
+            Self::Deleted => "ObjectRemoved",
+            Self::Replication(r) => r.as_str(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplicationEvent {
     OperationFailedReplication,
@@ -54,6 +65,20 @@ pub struct ObjectChange {
     pub kind: ObjectEventKind,
     /// Event time in epoch milliseconds (0 when absent or unparsable).
     pub event_time_ms: u64,
+    /// `replicationEventData` of an `s3:Replication:*` notification.
+    pub replication: Option<ReplicationDetail>,
+}
+
+/// What an S3 replication event says beyond the object: AWS's `replicationEventData`
+/// (`replicationRuleId`, `destinationBucket` as an ARN, `s3Operation`, `requestTime`, and
+/// `failureReason` on `OperationFailedReplication`). Codes and names only, no contents.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicationDetail {
+    pub rule_id: Option<String>,
+    /// The destination bucket's name (the ARN's `arn:aws:s3:::` prefix removed).
+    pub destination_bucket: Option<String>,
+    pub operation: Option<String>,
+    pub failure_reason: Option<String>,
 }
 
 /// What one SQS body held.
@@ -123,6 +148,37 @@ struct S3Record {
     #[serde(rename = "responseElements")]
     response_elements: Option<ResponseElements>,
     s3: S3Entity,
+    #[serde(rename = "replicationEventData")]
+    replication_event_data: Option<ReplicationEventData>,
+}
+
+/// `threshold` and `replicationTime` are not read (their documented types differ between
+/// AWS's examples and SDKs), so they are not declared and serde skips them.
+#[derive(Deserialize)]
+struct ReplicationEventData {
+    #[serde(rename = "replicationRuleId")]
+    replication_rule_id: Option<String>,
+    #[serde(rename = "destinationBucket")]
+    destination_bucket: Option<String>,
+    #[serde(rename = "s3Operation")]
+    s3_operation: Option<String>,
+    #[serde(rename = "failureReason")]
+    failure_reason: Option<String>,
+}
+
+impl From<ReplicationEventData> for ReplicationDetail {
+    fn from(d: ReplicationEventData) -> Self {
+        Self {
+            rule_id: d.replication_rule_id,
+            destination_bucket: d.destination_bucket.map(|b| {
+                b.rsplit_once(":::")
+                    .map_or(b.as_str(), |(_, name)| name)
+                    .to_owned()
+            }),
+            operation: d.s3_operation,
+            failure_reason: d.failure_reason,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -192,6 +248,7 @@ fn decode_eventbridge(body: &str) -> Result<ObjectChange, DecodeError> {
         sequencer: e.detail.object.sequencer,
         kind,
         event_time_ms: e.time.as_deref().and_then(parse_rfc3339_ms).unwrap_or(0),
+        replication: None,
     })
 }
 
@@ -228,6 +285,8 @@ fn decode_notification(body: &str) -> Result<Vec<ObjectChange>, DecodeError> {
                     .as_deref()
                     .and_then(parse_rfc3339_ms)
                     .unwrap_or(0),
+                replication: matches!(kind, ObjectEventKind::Replication(_))
+                    .then(|| r.replication_event_data.map(Into::into).unwrap_or_default()),
             })
         })
         .collect()

@@ -84,6 +84,32 @@ fn s3_samples_decode_keys_by_shape() {
 }
 
 #[test]
+fn replication_sample_is_handled_where_aws_delivers_it() {
+    // The source bucket emits replication events: `awsRegion` is the source's region, and
+    // the bucket is this configuration's bucket there; the destination maps back to its
+    // region through the bucket pattern.
+    let cfg = Config::embedded().unwrap();
+    let ObjectMessage::Changes(r) =
+        ObjectMessage::decode(&sample("s3-notification-replication.json")).unwrap()
+    else {
+        panic!()
+    };
+    let c = &r[0];
+    let bucket = cfg
+        .bucket_by_name(&c.region, &c.bucket)
+        .unwrap_or_else(|| panic!("bucket {} is not configured in {}", c.bucket, c.region));
+    let ObjectEventKind::Replication(event) = c.kind else {
+        panic!()
+    };
+    let (alert, destination) =
+        crate::replication_events::alert_for(&cfg, bucket, &c.region, event, c).unwrap();
+    assert_eq!(destination, "eu-west-1");
+    assert_eq!(alert.region, "us-east-1");
+    assert_eq!(alert.key, "images/red flower+1.jpg");
+    assert_eq!(alert.rule.as_deref(), Some("assets-to-eu"));
+}
+
+#[test]
 fn sqs_samples_unwrap_to_their_payloads() {
     let text = sample("sqs-object-events.json");
     let raws = split_batch(&text).unwrap();

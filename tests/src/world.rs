@@ -419,6 +419,7 @@ impl World {
                             alerts,
                         },
                         objects: Arc::new(S3ObjectStore::new(clients.s3.clone())),
+                        emf: capture(&mut captured_emf, "object-processor"),
                     };
                     let ci = tidemark::app::invalidator::Invalidator {
                         namespace: "Tidemark".into(),

@@ -8,10 +8,11 @@ use crate::ddb::split_batch;
 use crate::enforce::ObjectResidencyStage;
 use crate::error::DecodeError;
 use crate::invalidation::{InvalidationStage, ObjectEvent};
-use crate::metrics::Metrics;
+use crate::metrics::{EmfOut, Metrics};
 use crate::objects::ObjectMessage;
 use crate::pipeline::{self, Context, Decoded};
 use crate::ports::ObjectStore;
+use crate::replication_events::ReplicationEventStage;
 use crate::sqs::SqsRecord;
 
 use super::Ports;
@@ -24,6 +25,8 @@ pub struct ObjectProcessor {
     pub ports: Ports,
     /// Reads and removes object versions for residency actions.
     pub objects: Arc<dyn ObjectStore>,
+    /// Where the EMF documents go (stdout in Lambda; captured by in-process tests).
+    pub emf: EmfOut,
 }
 
 impl std::fmt::Debug for ObjectProcessor {
@@ -47,6 +50,8 @@ impl crate::lambda::BatchHandler for ObjectProcessor {
             &self.config,
             &self.region,
         );
+        let mut replication_events =
+            ReplicationEventStage::new(self.ports.alerts.as_ref(), &self.config, &self.region);
         let config = &self.config;
         let region = self.region.as_str();
         let decode = pipeline::decoder(|raw| {
@@ -85,8 +90,15 @@ impl crate::lambda::BatchHandler for ObjectProcessor {
                 return Decoded::Reject {
                     id,
                     error: DecodeError::Unconfigured(format!(
-                        "bucket `{}` is not in the configuration",
-                        first.bucket
+                        "bucket `{}` is not in the configuration as a bucket of {bucket_region} ({} event; configured: {})",
+                        first.bucket,
+                        first.kind.as_str(),
+                        config
+                            .buckets
+                            .iter()
+                            .map(|b| b.bucket_in(bucket_region))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )),
                 };
             };
@@ -115,12 +127,12 @@ impl crate::lambda::BatchHandler for ObjectProcessor {
             ctx,
             &raws,
             decode,
-            &mut [&mut invalidation, &mut residency],
+            &mut [&mut invalidation, &mut residency, &mut replication_events],
             self.ports.dead_letter.as_ref(),
             &mut metrics,
         )
         .await;
-        metrics.flush_stdout();
+        metrics.flush_into(&self.emf);
         report.failed_ids()
     }
 }
@@ -137,6 +149,7 @@ impl ObjectProcessor {
             objects: Arc::new(crate::adapters::object_store::S3ObjectStore::new(
                 crate::adapters::aws::s3_client(&sdk),
             )),
+            emf: EmfOut::Stdout,
         })
     }
 }

@@ -1,0 +1,233 @@
+//! S3 replication events end to end: hand-written notifications in AWS's documented shape
+//! (`eventName` without the `s3:` prefix, `awsRegion` and `s3.bucket` naming the source,
+//! `replicationEventData` with the destination bucket's ARN) delivered to the source
+//! region's object-events queue, as the S3 notification does. Assertions read what a
+//! subscriber of the alert topic received, the object-processor's EMF and the object
+//! dead-letter queue.
+
+use anyhow::Result;
+use serde_json::{Value, json};
+use tidemark::ports::Alert;
+use tidemark_tests::world::{Options, World};
+
+const US: &str = "us-east-1";
+const EU: &str = "eu-west-1";
+
+/// One `s3:Replication:*` notification of `bucket` (in `region`), as S3 sends it.
+fn notification(
+    region: &str,
+    bucket: &str,
+    event: &str,
+    key_encoded: &str,
+    version: &str,
+    data: Value,
+) -> String {
+    json!({"Records": [{
+        "eventVersion": "2.2",
+        "eventSource": "aws:s3",
+        "awsRegion": region,
+        "eventTime": "2026-11-23T12:00:05.250Z",
+        "eventName": format!("Replication:{event}"),
+        "userIdentity": {"principalId": "s3.amazonaws.com"},
+        "requestParameters": {"sourceIPAddress": "s3.amazonaws.com"},
+        "responseElements": {"x-amz-request-id": format!("REQ-{event}"), "x-amz-id-2": "id2"},
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "configurationId": "tidemark-replication-events",
+            "bucket": {"name": bucket, "ownerIdentity": {"principalId": "A3NL1KOZZKExample"}, "arn": format!("arn:aws:s3:::{bucket}")},
+            "object": {"key": key_encoded, "size": 1024, "eTag": "d41d8cd98f00b204e9800998ecf8427e", "versionId": version, "sequencer": "0055AED6DCD90281E5"}
+        },
+        "replicationEventData": data
+    }]})
+    .to_string()
+}
+
+async fn send(w: &World, region: &str, body: String) -> Result<()> {
+    let r = w.region(region);
+    r.clients
+        .sqs
+        .send_message()
+        .queue_url(&r.object_queue_url)
+        .message_body(body)
+        .send()
+        .await?;
+    Ok(())
+}
+
+async fn alerts(w: &World, region: &str) -> Result<Vec<Alert>> {
+    let r = w.region(region);
+    Ok(r.clients
+        .drain(&r.alert_queue_url)
+        .await?
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect())
+}
+
+async fn object_dead_letters(w: &World, region: &str) -> Result<Vec<Value>> {
+    let r = w.region(region);
+    Ok(r.clients
+        .drain(&r.object_dlq_url)
+        .await?
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect())
+}
+
+fn replication_failures(w: &World, region: &str, source: &str, event: &str) -> f64 {
+    w.emf(region, "object-processor")
+        .iter()
+        .filter(|d| d["Source"] == source && d["Event"] == event)
+        .filter_map(|d| d.get("ReplicationFailures"))
+        .flat_map(|v| match v {
+            Value::Array(a) => a.clone(),
+            v => vec![v.clone()],
+        })
+        .filter_map(|v| v.as_f64())
+        .sum()
+}
+
+const EVENTS: [(&str, &str); 4] = [
+    ("OperationFailedReplication", "replication-failed"),
+    ("OperationMissedThreshold", "replication-missed-threshold"),
+    (
+        "OperationReplicatedAfterThreshold",
+        "replication-replicated-after-threshold",
+    ),
+    ("OperationNotTracked", "replication-not-tracked"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn each_replication_event_type_gives_its_metric_and_alert() -> Result<()> {
+    let mut w = World::start(Options::default()).await?;
+    let source_bucket = w.region(US).bucket.clone();
+    let destination = w.region(EU).bucket.clone();
+    for (event, _) in EVENTS {
+        let mut data = json!({
+            "replicationRuleId": "assets-to-eu",
+            "destinationBucket": format!("arn:aws:s3:::{destination}"),
+            "s3Operation": "OBJECT_PUT",
+            "requestTime": "2026-11-23T12:00:00.000Z",
+        });
+        if event == "OperationFailedReplication" {
+            data["failureReason"] = json!("AssumeRoleNotPermitted");
+        }
+        // `images/red flower+1.jpg`, form-encoded by hand as S3 does.
+        let body = notification(
+            US,
+            &source_bucket,
+            event,
+            "images/red+flower%2B1.jpg",
+            &format!("v-{event}"),
+            data,
+        );
+        send(&w, US, body).await?;
+    }
+    w.settle().await?;
+
+    let mut got = alerts(&w, US).await?;
+    got.sort_by(|a, b| a.kind.cmp(&b.kind));
+    assert_eq!(got.len(), 4, "{got:?}");
+    for (event, kind) in EVENTS {
+        let a = got
+            .iter()
+            .find(|a| a.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind} alert in {got:?}"));
+        assert_eq!(
+            (a.source.as_str(), a.key.as_str(), a.region.as_str()),
+            ("assets", "images/red flower+1.jpg", US),
+            "{event}"
+        );
+        assert_eq!(a.version.as_deref(), Some(format!("v-{event}").as_str()));
+        assert_eq!(a.rule.as_deref(), Some("assets-to-eu"));
+        let note = a.note.as_deref().unwrap_or("");
+        assert!(
+            note.contains(&source_bucket) && note.contains(&format!("{destination} ({EU})")),
+            "{event}: {note}"
+        );
+        assert_eq!(
+            note.contains("failureReason AssumeRoleNotPermitted"),
+            event == "OperationFailedReplication",
+            "{event}: {note}"
+        );
+        assert_eq!(
+            replication_failures(&w, US, "assets", event),
+            1.0,
+            "{event}: ReplicationFailures"
+        );
+    }
+    // Handled in the source region only, nothing rejected.
+    assert!(alerts(&w, EU).await?.is_empty());
+    assert!(object_dead_letters(&w, US).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn failure_event_of_an_unwatched_bucket_is_dead_lettered_with_the_reason() -> Result<()> {
+    let mut w = World::start(Options::default()).await?;
+    let destination = w.region(EU).bucket.clone();
+    let source_bucket = w.region(US).bucket.clone();
+    let data = |dest: &str| {
+        json!({
+            "replicationRuleId": "r1",
+            "destinationBucket": format!("arn:aws:s3:::{dest}"),
+            "s3Operation": "OBJECT_PUT",
+            "requestTime": "2026-11-23T12:00:00.000Z",
+            "failureReason": "DstBucketNotFound",
+        })
+    };
+    let unwatched = format!("someone-elses-{}", w.id);
+    send(
+        &w,
+        US,
+        notification(
+            US,
+            &unwatched,
+            "OperationFailedReplication",
+            "k",
+            "v1",
+            data(&destination),
+        ),
+    )
+    .await?;
+    // A watched bucket replicating to a bucket that is no region's under the pattern.
+    send(
+        &w,
+        US,
+        notification(
+            US,
+            &source_bucket,
+            "OperationFailedReplication",
+            "k",
+            "v2",
+            data("elsewhere-bucket"),
+        ),
+    )
+    .await?;
+    w.settle().await?;
+
+    let dead = object_dead_letters(&w, US).await?;
+    let reasons: Vec<&str> = dead.iter().filter_map(|d| d["reason"].as_str()).collect();
+    assert_eq!(reasons.len(), 2, "{dead:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains(&unwatched)
+            && r.contains("not in the configuration")
+            && r.contains("OperationFailedReplication")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("elsewhere-bucket") && r.contains("pattern")),
+        "{reasons:?}"
+    );
+    assert!(alerts(&w, US).await?.is_empty());
+    // Rejected records are counted, never reported as replication events.
+    assert_eq!(
+        replication_failures(&w, US, "assets", "OperationFailedReplication"),
+        0.0
+    );
+    Ok(())
+}
