@@ -350,6 +350,17 @@ fn resources(config: &Config) -> String {
             );
         }
     }
+    // One alarm per bucket on S3's replication failure events, on the catalog's exact
+    // dimension set (Source, Event). They arrive in the source region, so each region's
+    // alarm covers the objects that left it. No events means no failures.
+    for b in &config.buckets {
+        let name = &b.name;
+        let _ = write!(
+            s,
+            "  ReplicationFailures{lb}:\n    Type: AWS::CloudWatch::Alarm\n    Properties:\n      AlarmName: !Sub \"tidemark-${{AWS::Region}}-replication-failures-{name}\"\n      AlarmDescription: !Sub \"Objects of {name} failed to replicate out of ${{AWS::Region}} (S3 OperationFailedReplication events). Runbook: README.md#runbook-replicationfailures\"\n      Namespace: !FindInMap [Tidemark, Settings, Namespace]\n      MetricName: ReplicationFailures\n      Dimensions:\n        - {{ Name: Source, Value: {name} }}\n        - {{ Name: Event, Value: OperationFailedReplication }}\n      Statistic: Sum\n      Period: 60\n      EvaluationPeriods: 1\n      Threshold: 0\n      ComparisonOperator: GreaterThanThreshold\n      TreatMissingData: notBreaching\n      AlarmActions: [!Ref AlertTopic]\n      OKActions: [!Ref AlertTopic]\n\n",
+            lb = logical(name),
+        );
+    }
     while s.ends_with("\n\n") {
         s.pop();
     }
@@ -615,6 +626,44 @@ mod tests {
                 "expected `{id}` in the wiring, found:\n{all}"
             );
         }
+    }
+
+    #[test]
+    fn generated_alarms_use_their_metrics_exact_catalog_dimensions() {
+        // Alarms match exact dimension sets: one name more or less and the alarm watches
+        // a metric nothing emits.
+        let w = render(&example()).expect("tidemark.toml renders");
+        let all: String = w.blocks.iter().map(|(_, b)| b.as_str()).collect();
+        let mut alarms = 0;
+        for alarm in all.split("Type: AWS::CloudWatch::Alarm").skip(1) {
+            let alarm = alarm.split("\n\n").next().unwrap_or("");
+            let Some(metric) = alarm
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("MetricName: "))
+            else {
+                continue;
+            };
+            let mut dims: Vec<&str> = alarm
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("- { Name: "))
+                .filter_map(|l| l.split(',').next())
+                .collect();
+            dims.sort_unstable();
+            let spec = crate::metrics::CATALOG
+                .iter()
+                .find(|s| s.name == metric)
+                .unwrap_or_else(|| panic!("alarm on `{metric}`, which is not in the catalog"));
+            let mut want: Vec<&str> = spec.dimensions.iter().map(|d| d.name()).collect();
+            want.sort_unstable();
+            assert_eq!(dims, want, "alarm on {metric}:\n{alarm}");
+            alarms += 1;
+        }
+        assert!(
+            all.contains("MetricName: ReplicationFailures")
+                && all.contains("Name: Event, Value: OperationFailedReplication"),
+            "expected a ReplicationFailures alarm per bucket, found:\n{all}"
+        );
+        assert!(alarms > 0);
     }
 
     #[test]
