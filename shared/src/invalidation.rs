@@ -910,6 +910,7 @@ cache_keys = ["asset:{key}"]
             sequencer: None,
             kind: ObjectEventKind::Created,
             event_time_ms: 1,
+            replication: None,
         };
         let ev = ObjectEvent {
             bucket: &cfg.buckets[0],
