@@ -277,7 +277,7 @@ pub const CATALOG: &[Spec] = &[
         unit: Unit::Count,
         dimensions: &[Source, Event],
         high_resolution: false,
-        help: "S3 replication failure and threshold events",
+        help: "S3 replication events of the bucket, counted in its (source) region; Event: OperationFailedReplication, OperationMissedThreshold, OperationReplicatedAfterThreshold or OperationNotTracked",
     },
     Spec {
         metric: Metric::Staleness,
