@@ -46,7 +46,7 @@ pub fn action_name(a: Action) -> &'static str {
 /// The key as logs and alerts show it. With `hash_keys_in_alerts` the key is withheld
 /// until the keyed hash is available to this stage; the event id still identifies the
 /// change without it.
-pub fn shown_key(config: &Config, key: &str) -> String {
+fn shown_key(config: &Config, key: &str) -> String {
     if config.residency.hash_keys_in_alerts {
         "(withheld: hash_keys_in_alerts)".to_owned()
     } else {

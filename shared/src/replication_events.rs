@@ -16,9 +16,9 @@ use futures::future::BoxFuture;
 use tracing::warn;
 
 use crate::config::{Bucket, Config};
-use crate::enforce::shown_key;
 use crate::error::StageError;
 use crate::invalidation::ObjectEvent;
+use crate::keyhash::KeyLabels;
 use crate::metrics::{Dim, Metric, Metrics};
 use crate::objects::{ObjectChange, ObjectEventKind, ReplicationEvent};
 use crate::pipeline::Stage;
@@ -47,7 +47,8 @@ pub fn destination_region<'c>(config: &'c Config, bucket: &Bucket, name: &str) -
 }
 
 /// The alert for one replication event of `bucket` seen in `region` (the source region),
-/// and the destination region. `Err` is the reason the event cannot be reported as
+/// and the destination region. Its `key` is the object key as stored: the stage replaces
+/// it with its label (the keyed hash with `hash_keys_in_alerts`) before sending. `Err` is the reason the event cannot be reported as
 /// configured (it is dead-lettered).
 pub fn alert_for(
     config: &Config,
@@ -98,7 +99,7 @@ pub fn alert_for(
         // redelivery of this event, so consumers deduplicate on it.
         event_id: format!("s3:{region}:{}:{}", c.bucket, c.event_id),
         source: bucket.name.clone(),
-        key: shown_key(config, &c.key),
+        key: c.key.clone(),
         version: c.version_id.clone(),
         region: region.to_owned(),
         rule: detail.rule_id.clone(),
@@ -119,15 +120,22 @@ struct Found {
 /// object-processor: reports each S3 replication event (metric, alert, log line).
 pub struct ReplicationEventStage<'p> {
     alerts: &'p dyn Alerts,
+    labels: &'p KeyLabels,
     config: &'p Config,
     region: &'p str,
     found: Vec<Found>,
 }
 
 impl<'p> ReplicationEventStage<'p> {
-    pub fn new(alerts: &'p dyn Alerts, config: &'p Config, region: &'p str) -> Self {
+    pub fn new(
+        alerts: &'p dyn Alerts,
+        labels: &'p KeyLabels,
+        config: &'p Config,
+        region: &'p str,
+    ) -> Self {
         Self {
             alerts,
+            labels,
             config,
             region,
             found: Vec::new(),
@@ -169,10 +177,24 @@ impl<'c> Stage<ObjectEvent<'c>> for ReplicationEventStage<'_> {
         metrics: &'s mut Metrics,
     ) -> BoxFuture<'s, Vec<(usize, StageError)>> {
         Box::pin(async move {
-            let found = std::mem::take(&mut self.found);
+            let mut found = std::mem::take(&mut self.found);
             if found.is_empty() {
                 return Vec::new();
             }
+            // Keys leave as labels: the keyed hash when configured. A secret that cannot be
+            // read yet retries the record (its key is never sent instead).
+            let mut failed = Vec::new();
+            let mut labelled = Vec::with_capacity(found.len());
+            for mut f in found.drain(..) {
+                match self.labels.label(&f.alert.key).await {
+                    Ok(label) => {
+                        f.alert.key = label;
+                        labelled.push(f);
+                    }
+                    Err(e) => failed.push((f.index, StageError::Port(e))),
+                }
+            }
+            let found = labelled;
             for f in &found {
                 metrics.put(
                     Metric::ReplicationFailures,
@@ -196,7 +218,6 @@ impl<'c> Stage<ObjectEvent<'c>> for ReplicationEventStage<'_> {
             }
             let alerts: Vec<Alert> = found.iter().map(|f| f.alert.clone()).collect();
             let results = self.alerts.send(&alerts).await;
-            let mut failed = Vec::new();
             for (f, r) in found.iter().zip(results) {
                 if let Err(e) = r {
                     let text = format!("alert {}", f.alert.event_id);

@@ -50,8 +50,12 @@ impl crate::lambda::BatchHandler for ObjectProcessor {
             &self.config,
             &self.region,
         );
-        let mut replication_events =
-            ReplicationEventStage::new(self.ports.alerts.as_ref(), &self.config, &self.region);
+        let mut replication_events = ReplicationEventStage::new(
+            self.ports.alerts.as_ref(),
+            &self.ports.labels,
+            &self.config,
+            &self.region,
+        );
         let config = &self.config;
         let region = self.region.as_str();
         let decode = pipeline::decoder(|raw| {
