@@ -21,6 +21,7 @@ use crate::config::{Action, Bucket, Config, Matcher, Rule, Table};
 use crate::ddb::EventName;
 use crate::error::StageError;
 use crate::invalidation::{ObjectEvent, TableChange};
+use crate::keyhash::KeyLabels;
 use crate::metrics::{Dim, Metric, Metrics};
 use crate::objects::ObjectEventKind;
 use crate::pipeline::Stage;
@@ -43,17 +44,6 @@ pub fn action_name(a: Action) -> &'static str {
     }
 }
 
-/// The key as logs and alerts show it. With `hash_keys_in_alerts` the key is withheld
-/// until the keyed hash is available to this stage; the event id still identifies the
-/// change without it.
-fn shown_key(config: &Config, key: &str) -> String {
-    if config.residency.hash_keys_in_alerts {
-        "(withheld: hash_keys_in_alerts)".to_owned()
-    } else {
-        key.to_owned()
-    }
-}
-
 /// Whether any rule could forbid `region` (otherwise nothing needs to be fetched).
 fn any_rule_forbids(rules: &[Rule], region: &str) -> bool {
     rules
@@ -65,21 +55,30 @@ fn any_rule_forbids(rules: &[Rule], region: &str) -> bool {
 
 struct ItemViolation {
     index: usize,
+    /// The item key; the alert carries its label (hashed when configured).
+    key: String,
     alert: Alert,
 }
 
 /// stream-processor: reports items whose rule does not allow this region.
 pub struct ItemResidencyStage<'p> {
     alerts: &'p dyn Alerts,
+    labels: &'p KeyLabels,
     config: &'p Config,
     region: &'p str,
     found: Vec<ItemViolation>,
 }
 
 impl<'p> ItemResidencyStage<'p> {
-    pub fn new(alerts: &'p dyn Alerts, config: &'p Config, region: &'p str) -> Self {
+    pub fn new(
+        alerts: &'p dyn Alerts,
+        labels: &'p KeyLabels,
+        config: &'p Config,
+        region: &'p str,
+    ) -> Self {
         Self {
             alerts,
+            labels,
             config,
             region,
             found: Vec::new(),
@@ -129,11 +128,12 @@ impl<'c, 'r> Stage<TableChange<'c, 'r>> for ItemResidencyStage<'_> {
         let seq = c.record.sequence_number.to_string();
         self.found.push(ItemViolation {
             index,
+            key: item_key(c.table, image),
             alert: Alert {
                 kind: ALERT_KIND.into(),
                 event_id: format!("ddb:{}:{}:{seq}", self.region, c.table.name),
                 source: c.table.name.clone(),
-                key: shown_key(self.config, &item_key(c.table, image)),
+                key: String::new(),
                 version: Some(seq),
                 region: self.region.to_owned(),
                 rule: Some(rule.name.clone()),
@@ -149,16 +149,26 @@ impl<'c, 'r> Stage<TableChange<'c, 'r>> for ItemResidencyStage<'_> {
         metrics: &'s mut Metrics,
     ) -> BoxFuture<'s, Vec<(usize, StageError)>> {
         Box::pin(async move {
-            let found = std::mem::take(&mut self.found);
+            let mut failed = Vec::new();
+            let mut found = Vec::new();
+            for mut v in std::mem::take(&mut self.found) {
+                // The key as alerts and logs may carry it (HMAC when configured).
+                match self.labels.label(&v.key).await {
+                    Ok(label) => {
+                        v.alert.key = label;
+                        found.push(v);
+                    }
+                    Err(e) => failed.push((v.index, StageError::Port(e))),
+                }
+            }
             if found.is_empty() {
-                return Vec::new();
+                return failed;
             }
             for v in &found {
                 violation(metrics, &v.alert);
             }
             let alerts: Vec<Alert> = found.iter().map(|v| v.alert.clone()).collect();
             let results = self.alerts.send(&alerts).await;
-            let mut failed = Vec::new();
             for (v, r) in found.iter().zip(results) {
                 match r {
                     Ok(()) => acted(metrics, &v.alert),
@@ -194,6 +204,7 @@ struct ObjectViolation<'c> {
 pub struct ObjectResidencyStage<'p, 'c> {
     store: &'p dyn ObjectStore,
     alerts: &'p dyn Alerts,
+    labels: &'p KeyLabels,
     config: &'p Config,
     region: &'p str,
     candidates: Vec<Candidate<'c>>,
@@ -203,12 +214,14 @@ impl<'p, 'c> ObjectResidencyStage<'p, 'c> {
     pub fn new(
         store: &'p dyn ObjectStore,
         alerts: &'p dyn Alerts,
+        labels: &'p KeyLabels,
         config: &'p Config,
         region: &'p str,
     ) -> Self {
         Self {
             store,
             alerts,
+            labels,
             config,
             region,
             candidates: Vec::new(),
@@ -253,9 +266,8 @@ impl<'c> Stage<ObjectEvent<'c>> for ObjectResidencyStage<'_, 'c> {
             }
             let Some(version) = change.version_id.clone() else {
                 return Err(StageError::Invalid(format!(
-                    "bucket `{}`, key `{}`: the event has no version id, and residency rules act on one exact version (is versioning enabled?)",
-                    change.bucket,
-                    shown_key(self.config, &change.key)
+                    "bucket `{}`: the event has no version id, and residency rules act on one exact version (is versioning enabled?)",
+                    change.bucket
                 )));
             };
             self.candidates.push(Candidate {
@@ -361,7 +373,7 @@ impl<'c> ObjectResidencyStage<'_, 'c> {
             .head_version(&c.bucket_name, &c.key, &c.version)
             .await?
         else {
-            info!(bucket = %c.bucket_name, key = %shown_key(self.config, &c.key), version = %c.version,
+            info!(bucket = %c.bucket_name, version = %c.version,
                 "version no longer exists: nothing to enforce");
             return Ok(None);
         };
@@ -404,7 +416,7 @@ impl<'c> ObjectResidencyStage<'_, 'c> {
                 kind: ALERT_KIND.into(),
                 event_id: format!("s3:{}:{}:{}", self.region, c.bucket_name, c.version),
                 source: c.bucket.name.clone(),
-                key: shown_key(self.config, &c.key),
+                key: self.labels.label(&c.key).await?,
                 version: Some(c.version.clone()),
                 region: self.region.to_owned(),
                 rule: Some(rule.name.clone()),
@@ -503,5 +515,58 @@ fn prefixed(what: &str, e: &PortError) -> PortError {
     match e {
         PortError::Transient(m) => PortError::Transient(format!("{what}: {m}")),
         PortError::Permanent(m) => PortError::Permanent(format!("{what}: {m}")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::ddb::StreamRecord;
+    use crate::ports::SecretSource;
+
+    #[derive(Default)]
+    struct Received(Mutex<Vec<Alert>>);
+    impl Alerts for Received {
+        fn send<'a>(&'a self, alerts: &'a [Alert]) -> BoxFuture<'a, Vec<Result<(), PortError>>> {
+            Box::pin(async move {
+                self.0.lock().unwrap().extend_from_slice(alerts);
+                alerts.iter().map(|_| Ok(())).collect()
+            })
+        }
+    }
+
+    struct Secret;
+    impl SecretSource for Secret {
+        fn read(&self) -> BoxFuture<'_, Result<Vec<u8>, PortError>> {
+            Box::pin(async { Ok(b"shared key".to_vec()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn hashed_item_alert_carries_the_hmac_never_the_key() {
+        let config = Config::embedded().unwrap();
+        let table = config.table("users").unwrap();
+        let raw = r#"{"eventID":"e1","eventName":"INSERT","awsRegion":"us-east-1","dynamodb":{"Keys":{"pk":{"S":"ada@example.com"}},"NewImage":{"pk":{"S":"ada@example.com"},"home_region":{"S":"eu"}},"SequenceNumber":"42"}}"#;
+        let record = StreamRecord::decode(raw).unwrap();
+        let change = TableChange {
+            table,
+            record,
+            heartbeat: false,
+        };
+        let received = Received::default();
+        let labels = KeyLabels::hashed(Arc::new(Secret));
+        let mut stage = ItemResidencyStage::new(&received, &labels, &config, "us-east-1");
+        stage.observe(0, &change).unwrap();
+        let mut metrics = Metrics::new("Tidemark");
+        assert!(stage.flush(&mut metrics).await.is_empty());
+        let got = received.0.lock().unwrap();
+        assert_eq!(got.len(), 1);
+        assert!(got[0].key.starts_with("hmac-sha256:"), "{:?}", got[0]);
+        let body = serde_json::to_string(&got[0]).unwrap();
+        assert!(!body.contains("ada@example.com"), "{body}");
+        assert_eq!(got[0].event_id, "ddb:us-east-1:users:42");
     }
 }

@@ -47,6 +47,7 @@ impl crate::lambda::BatchHandler for ObjectProcessor {
         let mut residency = ObjectResidencyStage::new(
             self.objects.as_ref(),
             self.ports.alerts.as_ref(),
+            &self.ports.labels,
             &self.config,
             &self.region,
         );

@@ -33,8 +33,12 @@ impl crate::lambda::BatchHandler for StreamProcessor {
             InvalidationStage::new(self.ports.publisher.as_ref(), FUNCTION, &self.region)
                 .with_max_key_bytes(self.config.deployment.max_cache_key_bytes);
         let mut lag = LagStage::new(&self.config, &self.region, crate::now_ms());
-        let mut residency =
-            ItemResidencyStage::new(self.ports.alerts.as_ref(), &self.config, &self.region);
+        let mut residency = ItemResidencyStage::new(
+            self.ports.alerts.as_ref(),
+            &self.ports.labels,
+            &self.config,
+            &self.region,
+        );
         let prefix = self.config.deployment.heartbeat_prefix.as_str();
         let config = &self.config;
         // One mapping per table: decode only the attributes that table declares (keys,
