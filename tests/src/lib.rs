@@ -6,6 +6,7 @@ pub mod aws;
 pub mod gate;
 pub mod http;
 pub mod proxy;
+pub mod rehearsal;
 pub mod runtime;
 pub mod s3sim;
 pub mod sqs;

@@ -49,6 +49,13 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(upstream: &str) -> Result<Self> {
+        Self::start_in_account(upstream, None).await
+    }
+
+    /// A proxy whose every request goes to moto's account `account` (`x-moto-account-id`):
+    /// each world deploys the template into an account of its own, so worlds never share
+    /// a resource name.
+    pub async fn start_in_account(upstream: &str, account: Option<String>) -> Result<Self> {
         let upstream = upstream
             .trim_start_matches("http://")
             .trim_end_matches('/')
@@ -61,8 +68,9 @@ impl Proxy {
             while let Ok((sock, _)) = listener.accept().await {
                 let s = s.clone();
                 let up = upstream.clone();
+                let account = account.clone();
                 tokio::spawn(async move {
-                    let _ = serve(sock, s, up).await;
+                    let _ = serve(sock, s, up, account).await;
                 });
             }
         });
@@ -177,7 +185,12 @@ fn s3_object(path: &str) -> Option<(String, String)> {
     Some((bucket.to_owned(), key))
 }
 
-async fn serve(sock: TcpStream, s: Arc<ProxyState>, upstream: String) -> Result<()> {
+async fn serve(
+    sock: TcpStream,
+    s: Arc<ProxyState>,
+    upstream: String,
+    account: Option<String>,
+) -> Result<()> {
     let (r, mut w) = sock.into_split();
     let mut r = BufReader::new(r);
     while let Some(mut req) = read_message(&mut r, false).await? {
@@ -256,6 +269,9 @@ async fn serve(sock: TcpStream, s: Arc<ProxyState>, upstream: String) -> Result<
         }
         let head = req.method() == "HEAD";
         req.set_header("connection", "close");
+        if let Some(a) = &account {
+            req.set_header("x-moto-account-id", a);
+        }
         let mut up = TcpStream::connect(&upstream)
             .await
             .context("connect to moto")?;

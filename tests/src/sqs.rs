@@ -3,6 +3,7 @@
 //! policy moves a message to the dead-letter queue after maxReceiveCount receives).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
@@ -17,24 +18,28 @@ pub struct SqsMapping {
     queue_arn: String,
     function: Arc<dyn Invoke>,
     batch_size: usize,
+    window: Duration,
+    report_failures: bool,
     /// (message ids of the batch, failed ids or error) per invocation, for tests.
     pub log: InvocationLog,
 }
 
 impl SqsMapping {
-    pub fn new(
+    /// The mapping `m` of the deployed stack, on the queue at `queue_url`.
+    pub fn from_template(
         clients: RegionClients,
+        m: &crate::rehearsal::Mapping,
         queue_url: &str,
-        queue_arn: &str,
         function: Arc<dyn Invoke>,
-        batch_size: usize,
     ) -> Self {
         Self {
             clients,
             queue_url: queue_url.to_owned(),
-            queue_arn: queue_arn.to_owned(),
+            queue_arn: m.source_arn().to_owned(),
             function,
-            batch_size,
+            batch_size: m.batch_size(),
+            window: Duration::from_secs(m.window_seconds()),
+            report_failures: m.reports_item_failures(),
             log: Arc::default(),
         }
     }
@@ -42,6 +47,7 @@ impl SqsMapping {
     /// One receive → invoke → delete / release cycle. Returns how many messages it saw.
     pub async fn step(&self) -> Result<usize> {
         let mut msgs = Vec::new();
+        let mut first: Option<Instant> = None;
         while msgs.len() < self.batch_size {
             let r = self
                 .clients
@@ -51,7 +57,6 @@ impl SqsMapping {
                 .max_number_of_messages(
                     10.min(i32::try_from(self.batch_size - msgs.len()).unwrap_or(10)),
                 )
-                .visibility_timeout(30)
                 .wait_time_seconds(0)
                 .message_system_attribute_names(MessageSystemAttributeName::All)
                 .message_attribute_names("All")
@@ -59,8 +64,16 @@ impl SqsMapping {
                 .await?;
             let got = r.messages().to_vec();
             if got.is_empty() {
-                break;
+                // Lambda waits up to the batching window for a full batch.
+                match first {
+                    Some(t) if t.elapsed() < self.window => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    _ => break,
+                }
             }
+            first.get_or_insert_with(Instant::now);
             msgs.extend(got);
         }
         if msgs.is_empty() {
@@ -99,7 +112,8 @@ impl SqsMapping {
             .invoke(json!({"Records": records}).to_string())
             .await?;
         let failed: Vec<String> = match &result {
-            InvokeResult::Ok(v) => failed_ids(v),
+            InvokeResult::Ok(v) if self.report_failures => failed_ids(v),
+            InvokeResult::Ok(_) => Vec::new(), // the response is not read: all succeeded
             InvokeResult::Error(_) => ids.clone(),
         };
         self.log.lock().unwrap_or_else(|e| e.into_inner()).push((

@@ -311,20 +311,30 @@ impl Replicator {
     }
 }
 
-/// Settings of a stream mapping (as in template.yaml).
+/// Settings of a stream mapping, as the deployed template defines them.
 #[derive(Debug, Clone)]
 pub struct MappingSettings {
     pub batch_size: usize,
+    /// `MaximumBatchingWindowInSeconds`: a batch below `batch_size` waits this long.
+    pub window: Duration,
     pub max_retries: u32,
     pub bisect: bool,
+    /// `ReportBatchItemFailures`: without it Lambda ignores the response's failures.
+    pub report_failures: bool,
 }
 
-impl Default for MappingSettings {
-    fn default() -> Self {
+impl MappingSettings {
+    /// The settings of a stream mapping of the deployed stack.
+    pub fn from_template(m: &crate::rehearsal::Mapping) -> Self {
         Self {
-            batch_size: 100,
-            max_retries: 3,
-            bisect: true,
+            batch_size: m.batch_size(),
+            window: Duration::from_secs(m.window_seconds()),
+            // -1 (the default) is "until the record expires": bounded here by the test.
+            max_retries: m
+                .number("MaximumRetryAttempts")
+                .map_or(u32::MAX, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+            bisect: m.flag("BisectBatchOnFunctionError"),
+            report_failures: m.reports_item_failures(),
         }
     }
 }
@@ -447,6 +457,14 @@ impl StreamMapping {
     /// retry. Returns the number of records still buffered.
     pub async fn step(&mut self) -> Result<usize> {
         self.pull().await?;
+        // Lambda waits up to the batching window for a full batch (not before a retry).
+        if self.attempts == 0 && !self.settings.window.is_zero() && !self.buffer.is_empty() {
+            let start = Instant::now();
+            while self.buffer.len() < self.limit && start.elapsed() < self.settings.window {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.pull().await?;
+            }
+        }
         let mut invocations = 0;
         while !self.buffer.is_empty() && invocations < 20 {
             invocations += 1;
@@ -465,7 +483,11 @@ impl StreamMapping {
             let result = self.function.invoke(payload).await?;
             match result {
                 InvokeResult::Ok(v) => {
-                    let failed = failed_ids(&v);
+                    let failed = if self.settings.report_failures {
+                        failed_ids(&v)
+                    } else {
+                        Vec::new() // the response is not read: the batch succeeded
+                    };
                     self.log
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

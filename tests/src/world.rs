@@ -1,10 +1,14 @@
-//! TEST CODE: two simulated regions wired the way `template.yaml` wires AWS, on one moto
-//! server (behind the fault proxy) and one redis-server per region.
+//! TEST CODE: two simulated regions on one moto server (behind the fault proxy) and one
+//! redis-server per region, wired by `template.yaml` itself: the SAM-expanded template is
+//! deployed into moto's CloudFormation in both regions ([`crate::rehearsal`]), and the
+//! functions' environments, queues, topics, subscriptions and mapping settings are read
+//! back from those stacks.
 //!
-//! Every world gets a unique id: its tables, buckets, topics, queues and cache keys carry
-//! it, so tests run in parallel against the same emulators.
+//! Every world deploys into a moto account of its own and gets a unique id (its table,
+//! buckets and cache keys carry it), so tests run in parallel against the same emulators.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +26,7 @@ use tidemark::app::Ports;
 use crate::aws::RegionClients;
 use crate::gate::Gate;
 use crate::proxy::Proxy;
+use crate::rehearsal::{self, Pass, Plan, RegionWiring};
 use crate::runtime::{BinaryFunction, InProcess, Invoke};
 use crate::s3sim::{EventFeed, ReplicaSet, S3Replicator, Shape};
 use crate::sqs::SqsMapping;
@@ -42,16 +47,15 @@ pub enum Mode {
 pub struct Options {
     pub mode: Mode,
     pub replication_delay: Duration,
-    pub stream: MappingSettings,
-    pub sqs_batch: usize,
-    /// Subscribe each region's queue to the peers' topics (filter: replicated = false).
+    /// Deploy the template's second pass (`PeerSubscriptions=true`): each region's queue
+    /// subscribes to the peers' topics (filter: replicated = false).
     pub cross_region: bool,
     /// `replicated` of the table in the generated configuration.
     pub table_replicated: bool,
     /// Naive wiring for comparison: eu-west-1's cache is invalidated from us-east-1's topic
     /// (no filter) and eu-west-1's own stream-processor is off.
     pub naive_wiring: bool,
-    /// Delivery delay (s) of a second subscription for the delayed second delete.
+    /// `SecondDeleteDelaySeconds` of the deployed template (the delayed second delete).
     pub second_delete_delay: Option<u32>,
     /// Shape of the object events the harness delivers.
     pub object_events: Shape,
@@ -69,8 +73,6 @@ impl Default for Options {
         Self {
             mode,
             replication_delay: Duration::from_millis(200),
-            stream: MappingSettings::default(),
-            sqs_batch: 10,
             cross_region: true,
             table_replicated: true,
             naive_wiring: false,
@@ -123,9 +125,10 @@ pub struct RegionWorld {
     pub object_queue_url: String,
     pub object_dlq_url: String,
     pub dead_letter_bucket: String,
+    /// The stream mapping's on-failure destination (the template's: the dead-letter bucket).
     pub failure_bucket: String,
     pub redis_url: String,
-    /// The region's alert topic, and a queue subscribed to it (raw delivery).
+    /// The region's alert topic (from the stack), and a queue subscribed to it (raw delivery).
     pub alert_topic_arn: String,
     pub alert_queue_url: String,
     /// The non-replicated bucket residency `hold` copies into.
@@ -143,10 +146,14 @@ pub struct RegionWorld {
     pub feed: EventFeed,
     /// EMF documents of the in-process handlers, by function name (binaries print theirs).
     pub captured_emf: Vec<(String, Arc<Mutex<Vec<serde_json::Value>>>)>,
+    /// What this region's deployed stack defines.
+    pub wiring: RegionWiring,
 }
 
 pub struct World {
     pub id: String,
+    /// The moto account this world's stacks live in.
+    pub account: String,
     pub table: String,
     pub key_prefix: String,
     pub config_path: PathBuf,
@@ -168,6 +175,147 @@ fn unique_id() -> String {
         std::process::id(),
         crate::now_ms() % 0xffffff
     )
+}
+
+/// A 12-digit moto account id no other world of this run uses.
+fn unique_account() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let seed = u64::from(std::process::id()) * 1_000_003 + crate::now_ms() * 7919 + n;
+    format!("{:012}", 100_000_000_000 + seed % 899_999_999_999)
+}
+
+/// The one mapping of a function (the template wires one source of each kind).
+fn one<'a>(
+    ms: Vec<&'a rehearsal::Mapping>,
+    region: &str,
+    binary: &str,
+) -> Result<&'a rehearsal::Mapping> {
+    match ms.as_slice() {
+        [m] => Ok(m),
+        _ => bail!(
+            "{region}: expected one event source mapping for {binary} in the deployed stack, found {}",
+            ms.len()
+        ),
+    }
+}
+
+/// A function's deployed environment plus what only the harness knows: the emulators'
+/// endpoint and credentials, and this world's configuration file.
+pub fn harness_env(
+    proxy: &Proxy,
+    config_path: &Path,
+    deployed: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = deployed
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.extend(
+        [
+            ("AWS_ENDPOINT_URL", proxy.url.clone()),
+            ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+            ("AWS_MAX_ATTEMPTS", "2".to_owned()),
+            ("TIDEMARK_S3_FORCE_PATH_STYLE", "true".to_owned()),
+            ("TIDEMARK_CONFIG_PATH", config_path.display().to_string()),
+            ("RUST_LOG", "info".to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    env
+}
+
+fn deployed<'a>(env: &'a BTreeMap<String, String>, binary: &str, var: &str) -> Result<&'a str> {
+    env.get(var)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .with_context(|| format!("the deployed {binary} has no environment variable {var}"))
+}
+
+/// The handler of `binary`, in-process, configured from its deployed environment.
+fn in_process(
+    binary: &str,
+    name: &str,
+    config: &tidemark::config::Config,
+    region: &str,
+    clients: &RegionClients,
+    env: &BTreeMap<String, String>,
+    captured_emf: &mut Vec<(String, Arc<Mutex<Vec<serde_json::Value>>>)>,
+) -> Result<Arc<dyn Invoke>> {
+    let var = |v: &str| deployed(env, binary, v).map(str::to_owned);
+    Ok(match binary {
+        "stream-processor" => Arc::new(InProcess::new(
+            name,
+            tidemark::app::stream::StreamProcessor {
+                config: config.clone(),
+                region: region.to_owned(),
+                ports: Ports {
+                    publisher: Arc::new(SnsPublisher::new(
+                        clients.sns.clone(),
+                        var("TIDEMARK_INVALIDATION_TOPIC_ARN")?,
+                    )),
+                    dead_letter: Arc::new(S3DeadLetter::new(
+                        clients.s3.clone(),
+                        var("TIDEMARK_DEAD_LETTER_BUCKET")?,
+                    )),
+                    labels: Arc::new(tidemark::keyhash::KeyLabels::plain()),
+                    alerts: Arc::new(SnsAlerts::new(
+                        clients.sns.clone(),
+                        var("TIDEMARK_ALERT_TOPIC_ARN")?,
+                    )),
+                },
+                emf: capture(captured_emf, binary),
+            },
+        )),
+        "object-processor" => Arc::new(InProcess::new(
+            name,
+            tidemark::app::object::ObjectProcessor {
+                config: config.clone(),
+                region: region.to_owned(),
+                ports: Ports {
+                    publisher: Arc::new(SnsPublisher::new(
+                        clients.sns.clone(),
+                        var("TIDEMARK_INVALIDATION_TOPIC_ARN")?,
+                    )),
+                    dead_letter: Arc::new(SqsDeadLetter::new(
+                        clients.sqs.clone(),
+                        var("TIDEMARK_DEAD_LETTER_QUEUE_URL")?,
+                        Some(S3DeadLetter::new(
+                            clients.s3.clone(),
+                            var("TIDEMARK_DEAD_LETTER_BUCKET")?,
+                        )),
+                    )),
+                    labels: Arc::new(tidemark::keyhash::KeyLabels::plain()),
+                    alerts: Arc::new(SnsAlerts::new(
+                        clients.sns.clone(),
+                        var("TIDEMARK_ALERT_TOPIC_ARN")?,
+                    )),
+                },
+                objects: Arc::new(S3ObjectStore::new(clients.s3.clone())),
+                emf: capture(captured_emf, binary),
+            },
+        )),
+        "cache-invalidator" => Arc::new(InProcess::new(
+            name,
+            tidemark::app::invalidator::Invalidator {
+                namespace: config.deployment.namespace.clone(),
+                cache: Arc::new(RedisCache::new(CacheSettings {
+                    url: var("TIDEMARK_CACHE_URL")?,
+                    cluster: var("TIDEMARK_CACHE_CLUSTER")? == "true",
+                    ca_pem: None,
+                    username: None,
+                    auth: tidemark::adapters::cache::CacheAuth::None,
+                })),
+                dead_letter: Arc::new(SqsDeadLetter::new(
+                    clients.sqs.clone(),
+                    var("TIDEMARK_DEAD_LETTER_QUEUE_URL")?,
+                    None,
+                )),
+                emf: capture(captured_emf, binary),
+            },
+        )),
+        other => bail!("no in-process handler for {other}"),
+    })
 }
 
 /// The configuration every function of this world loads (`TIDEMARK_CONFIG_PATH`).
@@ -260,8 +408,9 @@ impl World {
     pub async fn start(options: Options) -> Result<Self> {
         let emulators = Emulators::from_env()?;
         let id = unique_id();
+        let account = unique_account();
         let table = format!("users-{id}");
-        let proxy = Proxy::start(&emulators.moto).await?;
+        let proxy = Proxy::start_in_account(&emulators.moto, Some(account.clone())).await?;
         let dir = std::env::temp_dir().join(format!("tidemark-{id}"));
         std::fs::create_dir_all(&dir)?;
         let config_path = dir.join("tidemark.toml");
@@ -275,214 +424,170 @@ impl World {
         let config = tidemark::config::Config::load(&config_path)?;
         let ttl: TtlMarks = Arc::default();
 
-        let mut regions = Vec::new();
+        // What the application owns (the template's parameters): the global table, the
+        // replicated bucket, and each region's cache (behind a gate that can fail it).
+        let mut owned = Vec::new();
         for r in REGIONS {
             let clients = RegionClients::new(&proxy.url, r).await;
             let stream_arn = clients.create_table(&table).await?;
             let bucket = format!("assets-{id}-{r}");
             clients.create_bucket(&bucket, true).await?;
-            let dead_letter_bucket = format!("dl-{id}-{r}");
-            clients.create_bucket(&dead_letter_bucket, false).await?;
-            let failure_bucket = format!("fail-{id}-{r}");
-            clients.create_bucket(&failure_bucket, false).await?;
-            let topic_arn = clients
-                .create_topic(&format!("tidemark-invalidations-{r}-{id}"))
-                .await?;
-            let (queue_dlq_url, queue_dlq_arn) = clients
-                .create_queue(&format!("inval-dlq-{id}"), None, 0)
-                .await?;
-            let (queue_url, queue_arn) = clients
-                .create_queue(&format!("inval-{id}"), Some(&queue_dlq_arn), 3)
-                .await?;
-            clients
-                .subscribe(&topic_arn, &queue_arn, true, None)
-                .await?;
-            let (object_dlq_url, object_dlq_arn) = clients
-                .create_queue(&format!("objects-dlq-{id}"), None, 0)
-                .await?;
-            let (object_queue_url, object_queue_arn) = clients
-                .create_queue(&format!("objects-{id}"), Some(&object_dlq_arn), 3)
-                .await?;
             let quarantine_bucket = format!("quarantine-{id}-{r}");
             clients.create_bucket(&quarantine_bucket, false).await?;
-            let alert_topic_arn = clients
-                .create_topic(&format!("tidemark-alerts-{r}-{id}"))
-                .await?;
+            let redis_url = emulators.redis_url(r).to_owned();
+            let cache_gate = Gate::start(redis_url.trim_start_matches("redis://")).await?;
+            owned.push((
+                r,
+                clients,
+                stream_arn,
+                bucket,
+                redis_url,
+                cache_gate,
+                quarantine_bucket,
+            ));
+        }
+
+        // The README's deploy order: every region, then (when a replicated = false source
+        // needs them) a second pass that enables the peer subscriptions.
+        let parameters = |i: usize, peers: bool| {
+            let (r, _, stream_arn, _, _, gate, _) = &owned[i];
+            let p: BTreeMap<String, String> = [
+                ("TableStreamArns", stream_arn.clone()),
+                ("PeerSubscriptions", peers.to_string()),
+                ("CacheUrl", format!("redis://{}", gate.addr)),
+                ("CacheCluster", "false".to_owned()),
+                ("CacheSubnetIds", "subnet-0a1b2c3d".to_owned()),
+                ("CacheSecurityGroupIds", "sg-0a1b2c3d".to_owned()),
+                ("VpcId", "vpc-0a1b2c3d".to_owned()),
+                (
+                    "SecondDeleteDelaySeconds",
+                    options.second_delete_delay.unwrap_or(0).to_string(),
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            Pass {
+                region: (*r).to_owned(),
+                parameters: p,
+            }
+        };
+        let mut passes: Vec<Pass> = (0..REGIONS.len()).map(|i| parameters(i, false)).collect();
+        if options.cross_region {
+            passes.extend((0..REGIONS.len()).map(|i| parameters(i, true)));
+        }
+        // template.yaml with its generated blocks rendered for this world's configuration,
+        // exactly as `tidemark wiring` renders them for tidemark.toml.
+        let template = dir.join("template.yaml");
+        std::fs::write(&template, rehearsal::template_for(&config)?)?;
+        // Straight to moto (same account header): the proxy serves the functions' traffic.
+        let wiring = rehearsal::deploy(&emulators.moto, &account, &template, &Plan { passes })
+            .await
+            .context("deploy rehearsal of template.yaml")?;
+
+        let mut regions = Vec::new();
+        for (r, clients, stream_arn, bucket, redis_url, cache_gate, quarantine_bucket) in owned {
+            let wired = wiring
+                .regions
+                .get(r)
+                .with_context(|| format!("the rehearsal deployed no stack in {r}"))?
+                .clone();
+            let topic_arn = wired.physical("InvalidationTopic")?.to_owned();
+            let queue_url = wired.physical("InvalidationQueue")?.to_owned();
+            let queue_arn = wired.queue_arn("InvalidationQueue")?.to_owned();
+            let queue_dlq_url = wired.physical("InvalidationDeadLetterQueue")?.to_owned();
+            let object_queue_url = wired.physical("ObjectEventsQueue")?.to_owned();
+            let object_dlq_url = wired.physical("ObjectEventsDeadLetterQueue")?.to_owned();
+            let dead_letter_bucket = wired.physical("StreamDeadLetterBucket")?.to_owned();
+            let alert_topic_arn = wired.physical("AlertTopic")?.to_owned();
+            // A subscriber of the alert topic (as AlertEmail would be), for tests to read.
             let (alert_queue_url, alert_queue_arn) = clients
                 .create_queue(&format!("alerts-{id}"), None, 0)
                 .await?;
             clients
                 .subscribe(&alert_topic_arn, &alert_queue_arn, true, None)
                 .await?;
-            let redis_url = emulators.redis_url(r).to_owned();
-            let cache_gate = Gate::start(redis_url.trim_start_matches("redis://")).await?;
-            let gated_url = format!("redis://{}", cache_gate.addr);
 
             let mut binaries = Vec::new();
             let mut captured_emf = Vec::new();
-            let (stream_processor, object_processor, invalidator): (
-                Arc<dyn Invoke>,
-                Arc<dyn Invoke>,
-                Arc<dyn Invoke>,
-            ) = match options.mode {
-                Mode::Binary => {
-                    let base = vec![
-                        ("AWS_ENDPOINT_URL".to_owned(), proxy.url.clone()),
-                        ("AWS_ACCESS_KEY_ID".to_owned(), "test".to_owned()),
-                        ("AWS_SECRET_ACCESS_KEY".to_owned(), "test".to_owned()),
-                        ("AWS_MAX_ATTEMPTS".to_owned(), "2".to_owned()),
-                        ("TIDEMARK_S3_FORCE_PATH_STYLE".to_owned(), "true".to_owned()),
-                        (
-                            "TIDEMARK_CONFIG_PATH".to_owned(),
-                            config_path.display().to_string(),
-                        ),
-                        (
-                            "TIDEMARK_INVALIDATION_TOPIC_ARN".to_owned(),
-                            topic_arn.clone(),
-                        ),
-                        (
-                            "TIDEMARK_ALERT_TOPIC_ARN".to_owned(),
-                            alert_topic_arn.clone(),
-                        ),
-                        ("RUST_LOG".to_owned(), "info".to_owned()),
-                    ];
-                    let with = |extra: &[(&str, &str)]| {
-                        let mut e = base.clone();
-                        e.extend(
-                            extra
-                                .iter()
-                                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-                        );
-                        e
-                    };
-                    let sp = BinaryFunction::start(
-                        "stream-processor",
-                        &format!("stream-processor-{r}"),
+            let mut functions: BTreeMap<String, Arc<dyn Invoke>> = BTreeMap::new();
+            for binary in ["stream-processor", "object-processor", "cache-invalidator"] {
+                let f = wired.function(binary)?;
+                let env = f.environment.clone();
+                let invoke: Arc<dyn Invoke> = match options.mode {
+                    Mode::Binary => {
+                        let b = BinaryFunction::start(
+                            binary,
+                            &f.name,
+                            r,
+                            &harness_env(&proxy, &config_path, &env),
+                        )
+                        .await?;
+                        binaries.push(b.clone());
+                        b
+                    }
+                    Mode::InProcess => in_process(
+                        binary,
+                        &f.name,
+                        &config,
                         r,
-                        &with(&[("TIDEMARK_DEAD_LETTER_BUCKET", &dead_letter_bucket)]),
-                    )
-                    .await?;
-                    let op = BinaryFunction::start(
-                        "object-processor",
-                        &format!("object-processor-{r}"),
-                        r,
-                        &with(&[
-                            ("TIDEMARK_DEAD_LETTER_QUEUE_URL", &object_dlq_url),
-                            ("TIDEMARK_DEAD_LETTER_BUCKET", &dead_letter_bucket),
-                        ]),
-                    )
-                    .await?;
-                    let ci = BinaryFunction::start(
-                        "cache-invalidator",
-                        &format!("cache-invalidator-{r}"),
-                        r,
-                        &with(&[
-                            ("TIDEMARK_DEAD_LETTER_QUEUE_URL", &queue_dlq_url),
-                            ("TIDEMARK_CACHE_URL", &gated_url),
-                        ]),
-                    )
-                    .await?;
-                    binaries.extend([sp.clone(), op.clone(), ci.clone()]);
-                    (sp, op, ci)
-                }
-                Mode::InProcess => {
-                    let s3_dl = S3DeadLetter::new(clients.s3.clone(), dead_letter_bucket.clone());
-                    let publisher =
-                        Arc::new(SnsPublisher::new(clients.sns.clone(), topic_arn.clone()));
-                    let alerts =
-                        Arc::new(SnsAlerts::new(clients.sns.clone(), alert_topic_arn.clone()));
-                    let sp = tidemark::app::stream::StreamProcessor {
-                        config: config.clone(),
-                        region: r.to_owned(),
-                        ports: Ports {
-                            publisher: publisher.clone(),
-                            dead_letter: Arc::new(s3_dl),
-                            labels: Arc::new(tidemark::keyhash::KeyLabels::plain()),
-                            alerts: alerts.clone(),
-                        },
-                        emf: capture(&mut captured_emf, "stream-processor"),
-                    };
-                    let op = tidemark::app::object::ObjectProcessor {
-                        config: config.clone(),
-                        region: r.to_owned(),
-                        ports: Ports {
-                            publisher,
-                            dead_letter: Arc::new(SqsDeadLetter::new(
-                                clients.sqs.clone(),
-                                object_dlq_url.clone(),
-                                Some(S3DeadLetter::new(
-                                    clients.s3.clone(),
-                                    dead_letter_bucket.clone(),
-                                )),
-                            )),
-                            labels: Arc::new(tidemark::keyhash::KeyLabels::plain()),
-                            alerts,
-                        },
-                        objects: Arc::new(S3ObjectStore::new(clients.s3.clone())),
-                        emf: capture(&mut captured_emf, "object-processor"),
-                    };
-                    let ci = tidemark::app::invalidator::Invalidator {
-                        namespace: "Tidemark".into(),
-                        cache: Arc::new(RedisCache::new(CacheSettings {
-                            url: gated_url.clone(),
-                            cluster: false,
-                            ca_pem: None,
-                            username: None,
-                            auth: tidemark::adapters::cache::CacheAuth::None,
-                        })),
-                        dead_letter: Arc::new(SqsDeadLetter::new(
-                            clients.sqs.clone(),
-                            queue_dlq_url.clone(),
-                            None,
-                        )),
-                        emf: capture(&mut captured_emf, "cache-invalidator"),
-                    };
-                    (
-                        Arc::new(InProcess::new(&format!("stream-processor-{r}"), sp)),
-                        Arc::new(InProcess::new(&format!("object-processor-{r}"), op)),
-                        Arc::new(InProcess::new(&format!("cache-invalidator-{r}"), ci)),
-                    )
-                }
-            };
+                        &clients,
+                        &env,
+                        &mut captured_emf,
+                    )?,
+                };
+                functions.insert(binary.to_owned(), invoke);
+            }
+            let invoke = |binary: &str| functions[binary].clone();
+
+            let stream = one(wired.mappings_of("stream-processor"), r, "stream-processor")?;
+            if stream.source_arn() != stream_arn {
+                bail!(
+                    "{r}: the stream mapping reads {}, expected the watched table's stream {stream_arn}",
+                    stream.source_arn()
+                );
+            }
+            let on_failure = stream.on_failure_bucket().map(|b| (clients.s3.clone(), b));
             let stream_mapping = StreamMapping::new(
                 clients.clone(),
                 &table,
                 &stream_arn,
-                stream_processor.clone(),
-                options.stream.clone(),
-                Some((clients.s3.clone(), failure_bucket.clone())),
+                invoke("stream-processor"),
+                MappingSettings::from_template(stream),
+                on_failure,
                 ttl.clone(),
             );
-            let invalidation_mapping = SqsMapping::new(
-                clients.clone(),
-                &queue_url,
-                &queue_arn,
-                invalidator.clone(),
-                options.sqs_batch,
-            );
-            let delayed_mapping = match options.second_delete_delay {
-                Some(delay) => {
-                    let (url, arn) = clients
-                        .create_queue_with_delay(&format!("inval-delayed-{id}"), delay)
-                        .await?;
-                    clients.subscribe(&topic_arn, &arn, true, None).await?;
-                    Some(SqsMapping::new(
-                        clients.clone(),
-                        &url,
-                        &arn,
-                        invalidator,
-                        options.sqs_batch,
-                    ))
-                }
-                None => None,
+            let sqs_mapping = |m: &rehearsal::Mapping, binary: &str| -> Result<SqsMapping> {
+                let url = wired.queue_url_by_arn(m.source_arn()).with_context(|| {
+                    format!(
+                        "{r}: mapping {} reads {}, a queue the stack does not define",
+                        m.logical,
+                        m.source_arn()
+                    )
+                })?;
+                Ok(SqsMapping::from_template(
+                    clients.clone(),
+                    m,
+                    url,
+                    invoke(binary),
+                ))
             };
-            let object_mapping = SqsMapping::new(
-                clients.clone(),
-                &object_queue_url,
-                &object_queue_arn,
-                object_processor,
-                options.sqs_batch,
-            );
+            let mut invalidation_mapping = None;
+            let mut delayed_mapping = None;
+            for m in wired.mappings_of("cache-invalidator") {
+                if m.source_arn() == queue_arn {
+                    invalidation_mapping = Some(sqs_mapping(m, "cache-invalidator")?);
+                } else {
+                    delayed_mapping = Some(sqs_mapping(m, "cache-invalidator")?);
+                }
+            }
+            let invalidation_mapping = invalidation_mapping.with_context(|| {
+                format!("{r}: no mapping from InvalidationQueue to the cache-invalidator")
+            })?;
+            let object_mapping = sqs_mapping(
+                one(wired.mappings_of("object-processor"), r, "object-processor")?,
+                "object-processor",
+            )?;
             let feed = EventFeed::new(
                 clients.clone(),
                 &bucket,
@@ -500,14 +605,14 @@ impl World {
                 queue_dlq_url,
                 object_queue_url,
                 object_dlq_url,
+                failure_bucket: dead_letter_bucket.clone(),
                 dead_letter_bucket,
-                failure_bucket,
                 redis_url,
                 alert_topic_arn,
                 alert_queue_url,
                 quarantine_bucket,
                 cache_gate,
-                stream_processor,
+                stream_processor: invoke("stream-processor"),
                 binaries,
                 stream_mapping,
                 invalidation_mapping,
@@ -516,30 +621,13 @@ impl World {
                 stream_enabled: !(options.naive_wiring && r == "eu-west-1"),
                 feed,
                 captured_emf,
+                wiring: wired,
             });
         }
 
-        if options.cross_region {
-            for i in 0..regions.len() {
-                for j in 0..regions.len() {
-                    if i != j {
-                        let filter = json!({"replicated": ["false"]});
-                        regions[j]
-                            .clients
-                            .subscribe(
-                                &regions[j].topic_arn,
-                                &regions[i].queue_arn,
-                                true,
-                                Some(filter),
-                            )
-                            .await?;
-                    }
-                }
-            }
-        }
-
         if options.naive_wiring {
-            // The naive alternative: us-east-1's changes invalidate eu-west-1's cache directly.
+            // Deliberately NOT the template's wiring (a comparison for one test): us-east-1's
+            // changes invalidate eu-west-1's cache directly, without a filter.
             regions[0]
                 .clients
                 .subscribe(&regions[0].topic_arn, &regions[1].queue_arn, true, None)
@@ -579,6 +667,7 @@ impl World {
         Ok(Self {
             key_prefix: format!("{id}:"),
             id,
+            account,
             table,
             config_path,
             proxy,
@@ -776,7 +865,8 @@ impl World {
         Ok(())
     }
 
-    /// Objects in a bucket (key list).
+    /// Bodies of the records the stream-processor dead-lettered (the bucket also holds the
+    /// mapping's on-failure batches, under `aws/lambda/`).
     pub async fn dead_letters(&self, region: &str) -> Result<Vec<String>> {
         let r = self.region(region);
         let out = r
@@ -784,6 +874,7 @@ impl World {
             .s3
             .list_objects_v2()
             .bucket(&r.dead_letter_bucket)
+            .prefix("dead-letter/")
             .send()
             .await?;
         let mut bodies = Vec::new();
@@ -804,13 +895,20 @@ impl World {
         Ok(bodies)
     }
 
+    /// The environment `binary` gets in `region`: its deployed environment plus the
+    /// harness's endpoint, credentials and configuration (to start it as a binary).
+    pub fn function_env(&self, region: &str, binary: &str) -> Result<Vec<(String, String)>> {
+        let f = self.region(region).wiring.function(binary)?;
+        Ok(harness_env(&self.proxy, &self.config_path, &f.environment))
+    }
+
     /// EMF documents `function` printed in `region` so far (binaries or in-process).
     pub fn emf(&self, region: &str, function: &str) -> Vec<serde_json::Value> {
         let r = self.region(region);
         let mut docs: Vec<serde_json::Value> = r
             .binaries
             .iter()
-            .filter(|b| b.name().starts_with(function))
+            .filter(|b| b.name().contains(function))
             .flat_map(|b| b.emf())
             .collect();
         for (name, captured) in &r.captured_emf {

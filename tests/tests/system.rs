@@ -432,14 +432,8 @@ async fn insert_update_delete_and_ttl_publish_exactly_the_expected_keys() -> Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the emulators: run scripts/test.sh"]
 async fn many_changes_pack_into_few_messages_under_the_size_limit() -> Result<()> {
-    let mut w = World::start(Options {
-        stream: tidemark_tests::streams::MappingSettings {
-            batch_size: 1000,
-            ..Default::default()
-        },
-        ..Options::default()
-    })
-    .await?;
+    // The template's stream mapping takes up to 1,000 records per batch.
+    let mut w = World::start(Options::default()).await?;
     w.pause("us-east-1", "eu-west-1", true);
     w.proxy.keep_bodies("PublishBatch");
     // Uniform keys of ~1 KB, enough for more than three full messages in one batch.
@@ -556,15 +550,7 @@ fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
 #[ignore = "needs the emulators: run scripts/test.sh"]
 async fn sns_outage_loses_nothing() -> Result<()> {
     // The outage is shorter than the mapping's retry budget (template: 10 attempts, 6 h).
-    let stream = tidemark_tests::streams::MappingSettings {
-        max_retries: 10,
-        ..Default::default()
-    };
-    let mut w = World::start(Options {
-        stream,
-        ..Options::default()
-    })
-    .await?;
+    let mut w = World::start(Options::default()).await?;
     w.pause("us-east-1", "eu-west-1", true);
     w.proxy.fail("PublishBatch", 503, None);
     for i in 0..5 {
@@ -1549,16 +1535,12 @@ async fn canary_heartbeats_replicate_and_report_their_age() -> Result<()> {
     let scheduled = json!({"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}});
     let mut canaries = Vec::new();
     for region in ["us-east-1", "eu-west-1"] {
-        let mut env: Vec<(String, String)> = [
-            ("AWS_ENDPOINT_URL", w.proxy.url.as_str()),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("TIDEMARK_S3_FORCE_PATH_STYLE", "true"),
-            ("TIDEMARK_CONFIG_PATH", &w.config_path.display().to_string()),
-        ]
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+        // The deployed environment; us-east-1's ticks go to this test's own queue.
+        let mut env: Vec<(String, String)> = w
+            .function_env(region, "replication-canary")?
+            .into_iter()
+            .filter(|(k, _)| k != "TIDEMARK_TICK_QUEUE_URL")
+            .collect();
         if region == "us-east-1" {
             env.push(("TIDEMARK_TICK_QUEUE_URL".to_owned(), tick_url.clone()));
         }
