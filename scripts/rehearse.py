@@ -306,6 +306,27 @@ def check_mapping(logical, props, source_type, where):
         )
 
 
+def check_visibility(client, stack, logical, props, where):
+    """Lambda rejects an SQS mapping whose queue's visibility timeout is below the
+    function's timeout (required); AWS recommends at least 6x (returned as a warning).
+    https://docs.aws.amazon.com/lambda/latest/dg/services-sqs-configure.html"""
+    source = props["EventSourceArn"]
+    url = client("sqs", stack.region).get_queue_url(QueueName=source.rsplit(":", 1)[-1])["QueueUrl"]
+    attrs = client("sqs", stack.region).get_queue_attributes(QueueUrl=url, AttributeNames=["VisibilityTimeout"])
+    visibility = int(attrs["Attributes"]["VisibilityTimeout"])
+    timeout = int(client("lambda", stack.region).get_function_configuration(
+        FunctionName=props["FunctionName"]).get("Timeout", 3))
+    if visibility < timeout:
+        raise RehearsalError(
+            f"{where}: Lambda rejects event source mapping {logical}: the queue's VisibilityTimeout "
+            f"{visibility} s is below the function's Timeout {timeout} s"
+        )
+    if visibility < 6 * timeout:
+        return [f"{where}: recommended: the queue's VisibilityTimeout {visibility} s is below 6 x the "
+                f"function's Timeout {timeout} s"]
+    return []
+
+
 # ------------------------------------------------------------------ deploy
 
 
@@ -425,7 +446,8 @@ def functions_of(client, stack):
 
 def apply_deferred(client, stack, deferred):
     wiring = {"subscriptions": [], "mappings": [], "alarms": [], "queue_policies": [],
-              "bucket_policies": []}
+              "bucket_policies": [],
+              "warnings": []}
     order = ["AWS::SQS::QueuePolicy", "AWS::S3::BucketPolicy", "AWS::SNS::Subscription",
              "AWS::Lambda::EventSourceMapping", "AWS::CloudWatch::Alarm"]
     for kind in order:
@@ -451,6 +473,8 @@ def apply_deferred(client, stack, deferred):
                 source = props.get("EventSourceArn", "")
                 source_type = "sqs" if source.startswith("arn:aws:sqs:") else "stream"
                 check_mapping(name, props, source_type, where)
+                if source_type == "sqs":
+                    wiring["warnings"].extend(check_visibility(client, stack, name, props, where))
                 wiring["mappings"].append({"logical": name, "type": source_type, "properties": props})
             elif kind == "AWS::CloudWatch::Alarm":
                 wiring["alarms"].append({"logical": name, "properties": props})

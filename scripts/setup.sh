@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs, idempotently, what a fresh machine lacks: redis-server and openssl (apt), a
 # project-local Python venv with moto[server], the SAM CLI (with cfn-lint) and cargo-lambda
-# (with zig), checkov in its own venv, and the arm64 Rust target.
+# (with zig), checkov in its own venv, the arm64 Rust target, and cfn-guard (cargo install).
 source "$(dirname "$0")/lib.sh"
 
 if ! command -v redis-server >/dev/null || ! command -v openssl >/dev/null; then
@@ -35,7 +35,12 @@ if ! rustup target list --installed | grep -q aarch64-unknown-linux-gnu; then
   rustup target add aarch64-unknown-linux-gnu
 fi
 
-for tool in moto_server sam cfn-lint cargo-lambda checkov redis-server; do
+if ! command -v cfn-guard >/dev/null; then
+  step "cargo install cfn-guard (CloudFormation Guard, ~2 min)"
+  cargo install cfn-guard --locked --version 3.2.1
+fi
+
+for tool in moto_server sam cfn-lint cargo-lambda checkov redis-server cfn-guard; do
   command -v "$tool" >/dev/null || die "setup: $tool is still missing"
 done
 step "setup complete"

@@ -2,7 +2,9 @@
 # The test command (README, .ci/run): sets up what is missing, then checks formatting,
 # lints, the example configuration, every test (unit + system, against moto and one
 # redis-server per region, with the cargo-lambda-built binaries), the template
-# (sam validate --lint, cfn-lint, checkov, scripts/template_props.py) and `sam build`.
+# (sam validate --lint, cfn-lint, checkov, scripts/template_props.py, CloudFormation Guard
+# over the expanded template) and `sam build`. The system tests deploy the expanded template
+# into moto (the deploy rehearsal).
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 start=$(date +%s)
@@ -38,6 +40,7 @@ sam validate --lint
 cfn-lint template.yaml
 checkov -f template.yaml --framework cloudformation --compact --quiet --skip-download
 "$VENV/bin/python" scripts/template_props.py template.yaml
+bash scripts/guard.sh
 
 step "sam build (arm64, release)"
 sam build

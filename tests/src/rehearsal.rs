@@ -54,6 +54,8 @@ pub struct RegionWiring {
     pub mappings: Vec<Mapping>,
     pub alarms: Vec<Alarm>,
     pub dashboards: Vec<String>,
+    /// Recommended practices the stack misses (the deploy still succeeds).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -285,6 +287,30 @@ mod tests {
             ) && msg.contains("BatchSize 100 above 10 needs MaximumBatchingWindowInSeconds >= 1"),
             "{msg}"
         );
+    }
+
+    #[tokio::test]
+    #[ignore = "needs the emulators: run scripts/test.sh"]
+    async fn sqs_visibility_timeout_below_the_function_timeout_is_refused_and_below_six_times_warned()
+    -> Result<()> {
+        let fixture = fixture("sqs-visibility-timeout.yaml");
+        let err = rehearse(&fixture, vec![pass("us-east-1", &[("Visibility", "30")])])
+            .await
+            .expect_err("Lambda rejects this mapping");
+        assert!(
+            err.to_string()
+                .contains("VisibilityTimeout 30 s is below the function's Timeout 60 s"),
+            "{err}"
+        );
+        let w = rehearse(&fixture, vec![pass("us-east-1", &[("Visibility", "120")])]).await?;
+        let warnings = &w.regions["us-east-1"].warnings;
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("below 6 x the function's Timeout 60 s"),
+            "{warnings:?}"
+        );
+        let w = rehearse(&fixture, vec![pass("us-east-1", &[("Visibility", "360")])]).await?;
+        assert!(w.regions["us-east-1"].warnings.is_empty());
+        Ok(())
     }
 
     #[tokio::test]
