@@ -15,7 +15,7 @@ echo "guard rules pass their tests ($(grep -c '^Name:' "$out/guard-test.log") ca
 pending=$(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' guard/pending.txt | awk '{print $1}' | sort)
 for region in us-east-1 eu-west-1; do
   step "cfn-guard validate: template.yaml expanded for $region"
-  python3 scripts/rehearse.py expand --region "$region" -o "$out/expanded-$region.json"
+  python3 scripts/rehearse.py expand --region "$region" --resolve-mappings -o "$out/expanded-$region.json"
   cfn-guard validate -d "$out/expanded-$region.json" -r guard/tidemark.guard --show-summary all \
     -o single-line-summary >"$out/guard-$region.log" 2>&1 || true
   failing=$(sed -nE 's#^tidemark\.guard/([a-z0-9_]+)[[:space:]]+FAIL$#\1#p' "$out/guard-$region.log" | sort)

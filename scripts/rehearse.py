@@ -82,6 +82,23 @@ class _ManagedPolicies(dict):
         return self[name]
 
 
+def resolve_static_mappings(node, mappings):
+    """Fn::FindInMap with literal keys is a constant: resolved here as CloudFormation resolves
+    it before anything else, so Guard rules can compare the values."""
+    if isinstance(node, list):
+        return [resolve_static_mappings(x, mappings) for x in node]
+    if not isinstance(node, dict):
+        return node
+    if len(node) == 1 and "Fn::FindInMap" in node:
+        args = node["Fn::FindInMap"]
+        if isinstance(args, list) and len(args) == 3 and all(isinstance(a, str) for a in args):
+            try:
+                return mappings[args[0]][args[1]][args[2]]
+            except KeyError:
+                return node
+    return {k: resolve_static_mappings(v, mappings) for k, v in node.items()}
+
+
 def cached_expand(template_path, region, cache_dir):
     with open(template_path, "rb") as f:
         digest = hashlib.sha256(f.read() + region.encode()).hexdigest()[:16]
@@ -533,6 +550,8 @@ def main():
     e.add_argument("--region", required=True)
     e.add_argument("--template", default="template.yaml")
     e.add_argument("-o", "--output")
+    e.add_argument("--resolve-mappings", action="store_true",
+                   help="replace Fn::FindInMap lookups with literal keys by their values")
     d = sub.add_parser("deploy")
     d.add_argument("--endpoint", required=True)
     d.add_argument("--account", required=True)
@@ -542,7 +561,10 @@ def main():
     args = ap.parse_args()
     try:
         if args.cmd == "expand":
-            out = json.dumps(expand(args.template, args.region), indent=1)
+            expanded = expand(args.template, args.region)
+            if args.resolve_mappings:
+                expanded = resolve_static_mappings(expanded, expanded.get("Mappings", {}))
+            out = json.dumps(expanded, indent=1)
             if args.output:
                 with open(args.output, "w", encoding="utf-8") as f:
                     f.write(out)

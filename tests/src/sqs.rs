@@ -20,6 +20,9 @@ pub struct SqsMapping {
     batch_size: usize,
     window: Duration,
     report_failures: bool,
+    /// Messages received (in flight) while the batching window is open.
+    held: std::sync::Mutex<Vec<aws_sdk_sqs::types::Message>>,
+    window_open: std::sync::Mutex<Option<Instant>>,
     /// (message ids of the batch, failed ids or error) per invocation, for tests.
     pub log: InvocationLog,
 }
@@ -40,14 +43,39 @@ impl SqsMapping {
             batch_size: m.batch_size(),
             window: Duration::from_secs(m.window_seconds()),
             report_failures: m.reports_item_failures(),
+            held: std::sync::Mutex::default(),
+            window_open: std::sync::Mutex::default(),
             log: Arc::default(),
         }
     }
 
-    /// One receive → invoke → delete / release cycle. Returns how many messages it saw.
+    /// The same mapping delivering without waiting for its batching window.
+    pub fn without_window(mut self) -> Self {
+        self.window = Duration::ZERO;
+        self
+    }
+
+    /// One receive → invoke → delete / release cycle, waiting out the batching window.
+    /// Returns how many messages it saw.
     pub async fn step(&self) -> Result<usize> {
-        let mut msgs = Vec::new();
-        let mut first: Option<Instant> = None;
+        loop {
+            let (seen, invoked) = self.poll().await?;
+            if invoked || seen == 0 {
+                return Ok(seen);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Like [`SqsMapping::step`], without waiting: messages below the batch size are held
+    /// (in flight) until the batching window closes, across ticks, as Lambda's poller does.
+    /// Returns how many messages it holds or delivered.
+    pub async fn tick(&self) -> Result<usize> {
+        Ok(self.poll().await?.0)
+    }
+
+    async fn poll(&self) -> Result<(usize, bool)> {
+        let mut msgs = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
         while msgs.len() < self.batch_size {
             let r = self
                 .clients
@@ -64,21 +92,30 @@ impl SqsMapping {
                 .await?;
             let got = r.messages().to_vec();
             if got.is_empty() {
-                // Lambda waits up to the batching window for a full batch.
-                match first {
-                    Some(t) if t.elapsed() < self.window => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                    _ => break,
-                }
+                break;
             }
-            first.get_or_insert_with(Instant::now);
             msgs.extend(got);
         }
+        let mut opened = self.window_open.lock().unwrap_or_else(|e| e.into_inner());
         if msgs.is_empty() {
-            return Ok(0);
+            *opened = None;
+            return Ok((0, false));
         }
+        // Lambda waits up to the batching window for a full batch.
+        if msgs.len() < self.batch_size && !self.window.is_zero() {
+            let since = *opened.get_or_insert_with(Instant::now);
+            if since.elapsed() < self.window {
+                let n = msgs.len();
+                *self.held.lock().unwrap_or_else(|e| e.into_inner()) = msgs;
+                return Ok((n, false));
+            }
+        }
+        *opened = None;
+        drop(opened);
+        self.deliver(msgs).await.map(|n| (n, true))
+    }
+
+    async fn deliver(&self, msgs: Vec<aws_sdk_sqs::types::Message>) -> Result<usize> {
         let records: Vec<Value> = msgs
             .iter()
             .map(|m| {

@@ -356,6 +356,8 @@ pub struct StreamMapping {
     limit: usize,
     on_failure: Option<(aws_sdk_s3::Client, String)>,
     ttl: TtlMarks,
+    /// When the batching window of the buffered records opened.
+    window_open: Option<Instant>,
     /// Every invocation's outcome, for tests: (batch sequence numbers, failed ids or error).
     pub log: InvocationLog,
 }
@@ -384,6 +386,7 @@ impl StreamMapping {
             limit,
             on_failure,
             ttl,
+            window_open: None,
             log: Arc::default(),
         }
     }
@@ -454,17 +457,34 @@ impl StreamMapping {
     }
 
     /// Reads new records and invokes until the buffer is empty or a batch must wait for a
-    /// retry. Returns the number of records still buffered.
+    /// retry, waiting out the batching window first. Returns the records still buffered.
     pub async fn step(&mut self) -> Result<usize> {
+        loop {
+            let left = self.tick().await?;
+            if self.window_open.is_none() {
+                return Ok(left); // delivered, or nothing to deliver
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Like [`StreamMapping::step`], without waiting: a batch below the batch size waits
+    /// for the batching window across ticks (Lambda's poller does the same), so the rest
+    /// of the world keeps moving meanwhile.
+    pub async fn tick(&mut self) -> Result<usize> {
         self.pull().await?;
+        if self.buffer.is_empty() {
+            self.window_open = None;
+            return Ok(0);
+        }
         // Lambda waits up to the batching window for a full batch (not before a retry).
-        if self.attempts == 0 && !self.settings.window.is_zero() && !self.buffer.is_empty() {
-            let start = Instant::now();
-            while self.buffer.len() < self.limit && start.elapsed() < self.settings.window {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                self.pull().await?;
+        if self.attempts == 0 && !self.settings.window.is_zero() && self.buffer.len() < self.limit {
+            let opened = *self.window_open.get_or_insert_with(Instant::now);
+            if opened.elapsed() < self.settings.window {
+                return Ok(self.buffer.len());
             }
         }
+        self.window_open = None;
         let mut invocations = 0;
         while !self.buffer.is_empty() && invocations < 20 {
             invocations += 1;

@@ -57,6 +57,11 @@ pub struct Options {
     pub naive_wiring: bool,
     /// `SecondDeleteDelaySeconds` of the deployed template (the delayed second delete).
     pub second_delete_delay: Option<u32>,
+    /// Wait out each mapping's `MaximumBatchingWindowInSeconds` (the template's 1 s) before
+    /// delivering a batch below the batch size, as Lambda does. Off by default: a window
+    /// only delays delivery, and the latency tests (lag, invalidation age, the delayed
+    /// second delete) would measure up to a second per hop of it.
+    pub batching_windows: bool,
     /// Shape of the object events the harness delivers.
     pub object_events: Shape,
     /// Adds the residency rules of [`RESIDENCY_RULES`] to the configuration.
@@ -77,6 +82,7 @@ impl Default for Options {
             table_replicated: true,
             naive_wiring: false,
             second_delete_delay: None,
+            batching_windows: false,
             object_events: Shape::EventBridge,
             residency: false,
         }
@@ -516,9 +522,10 @@ impl World {
                 let env = f.environment.clone();
                 let invoke: Arc<dyn Invoke> = match options.mode {
                     Mode::Binary => {
+                        // Instance names as the tests know them (`<binary>-<region>`).
                         let b = BinaryFunction::start(
                             binary,
-                            &f.name,
+                            &format!("{binary}-{r}"),
                             r,
                             &harness_env(&proxy, &config_path, &env),
                         )
@@ -528,7 +535,7 @@ impl World {
                     }
                     Mode::InProcess => in_process(
                         binary,
-                        &f.name,
+                        &format!("{binary}-{r}"),
                         &config,
                         r,
                         &clients,
@@ -553,7 +560,13 @@ impl World {
                 &table,
                 &stream_arn,
                 invoke("stream-processor"),
-                MappingSettings::from_template(stream),
+                {
+                    let mut s = MappingSettings::from_template(stream);
+                    if !options.batching_windows {
+                        s.window = Duration::ZERO;
+                    }
+                    s
+                },
                 on_failure,
                 ttl.clone(),
             );
@@ -565,12 +578,12 @@ impl World {
                         m.source_arn()
                     )
                 })?;
-                Ok(SqsMapping::from_template(
-                    clients.clone(),
-                    m,
-                    url,
-                    invoke(binary),
-                ))
+                let mapping = SqsMapping::from_template(clients.clone(), m, url, invoke(binary));
+                Ok(if options.batching_windows {
+                    mapping
+                } else {
+                    mapping.without_window()
+                })
             };
             let mut invalidation_mapping = None;
             let mut delayed_mapping = None;
@@ -731,14 +744,14 @@ impl World {
         }
         for r in &mut self.regions {
             if stages.streams && r.stream_enabled {
-                busy |= r.stream_mapping.step().await? > 0;
+                busy |= r.stream_mapping.tick().await? > 0;
             }
             busy |= r.feed.step().await? > 0;
-            busy |= r.object_mapping.step().await? > 0;
+            busy |= r.object_mapping.tick().await? > 0;
             if stages.invalidator {
-                busy |= r.invalidation_mapping.step().await? > 0;
+                busy |= r.invalidation_mapping.tick().await? > 0;
                 if let Some(d) = &r.delayed_mapping {
-                    busy |= d.step().await? > 0;
+                    busy |= d.tick().await? > 0;
                 }
             }
         }
@@ -955,4 +968,73 @@ impl Stages {
         streams: true,
         invalidator: true,
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn send(w: &World, key: &str) -> Result<()> {
+        let r = w.region("us-east-1");
+        let body = json!({"v": 1, "source": "users", "origin_region": "us-east-1", "replicated": true,
+            "changed_at_ms": 1, "keys": [format!("{}{key}", w.key_prefix)]});
+        r.clients
+            .sqs
+            .send_message()
+            .queue_url(&r.queue_url)
+            .message_body(body.to_string())
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    fn batches(w: &World) -> Vec<usize> {
+        let log = w.region("us-east-1").invalidation_mapping.log.clone();
+        let log = log.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter().map(|(ids, _)| ids.len()).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the emulators: run scripts/test.sh"]
+    async fn the_templates_batching_window_gathers_messages_sent_apart() -> Result<()> {
+        let w = World::start(Options {
+            batching_windows: true,
+            cross_region: false,
+            ..Options::default()
+        })
+        .await?;
+        let m = &w.region("us-east-1").invalidation_mapping;
+        send(&w, "a").await?;
+        let opened = Instant::now();
+        assert_eq!(m.tick().await?, 1, "held while the window is open");
+        send(&w, "b").await?;
+        while batches(&w).is_empty() && opened.elapsed() < Duration::from_secs(20) {
+            m.tick().await?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            opened.elapsed() >= Duration::from_secs(1),
+            "delivered {:?} after the window closed",
+            opened.elapsed()
+        );
+        assert_eq!(batches(&w), vec![2], "one batch of both messages");
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the emulators: run scripts/test.sh"]
+    async fn without_batching_windows_each_tick_delivers() -> Result<()> {
+        let w = World::start(Options {
+            cross_region: false,
+            ..Options::default()
+        })
+        .await?;
+        let m = &w.region("us-east-1").invalidation_mapping;
+        send(&w, "a").await?;
+        m.tick().await?;
+        send(&w, "b").await?;
+        m.tick().await?;
+        assert_eq!(batches(&w), vec![1, 1]);
+        Ok(())
+    }
 }

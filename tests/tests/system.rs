@@ -269,6 +269,7 @@ async fn poison_record_is_dead_lettered_and_neighbours_are_processed() -> Result
         .s3
         .list_objects_v2()
         .bucket(&r.failure_bucket)
+        .prefix("aws/lambda/")
         .send()
         .await?;
     assert!(given_up.contents().is_empty(), "nothing given up");
