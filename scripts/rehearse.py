@@ -389,6 +389,17 @@ def split(template):
     for name in list(deployable["Resources"]):
         if deployable["Resources"][name]["Type"] in DEFERRED:
             deferred[name] = deployable["Resources"].pop(name)
+    # Resources that name a deferred one (moto could not resolve the name) are resolved
+    # and handed over too, e.g. a Route 53 health check on an alarm.
+    changed = True
+    while changed:
+        changed = False
+        for name in list(deployable["Resources"]):
+            text = json.dumps(deployable["Resources"][name].get("Properties", {}))
+            if any(f'"Ref": "{d}"' in text or f'["{d}",' in text or "${" + d + "}" in text
+                   or "${" + d + "." in text for d in deferred):
+                deferred[name] = deployable["Resources"].pop(name)
+                changed = True
     for res in deployable["Resources"].values():
         dep = res.get("DependsOn")
         if isinstance(dep, str):
@@ -464,7 +475,7 @@ def functions_of(client, stack):
 def apply_deferred(client, stack, deferred):
     wiring = {"subscriptions": [], "mappings": [], "alarms": [], "queue_policies": [],
               "bucket_policies": [],
-              "warnings": []}
+              "warnings": [], "not_deployed": []}
     order = ["AWS::SQS::QueuePolicy", "AWS::S3::BucketPolicy", "AWS::SNS::Subscription",
              "AWS::Lambda::EventSourceMapping", "AWS::CloudWatch::Alarm"]
     for kind in order:
@@ -495,6 +506,9 @@ def apply_deferred(client, stack, deferred):
                 wiring["mappings"].append({"logical": name, "type": source_type, "properties": props})
             elif kind == "AWS::CloudWatch::Alarm":
                 wiring["alarms"].append({"logical": name, "properties": props})
+    for name, res in sorted(deferred.items()):
+        if res["Type"] not in order and stack.enabled(res):
+            wiring["not_deployed"].append({"logical": name, "type": res["Type"]})
     return wiring
 
 
