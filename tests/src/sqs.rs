@@ -96,22 +96,26 @@ impl SqsMapping {
             }
             msgs.extend(got);
         }
-        let mut opened = self.window_open.lock().unwrap_or_else(|e| e.into_inner());
+        let wait = {
+            let mut opened = self.window_open.lock().unwrap_or_else(|e| e.into_inner());
+            // Lambda waits up to the batching window for a full batch.
+            let wait = !msgs.is_empty()
+                && msgs.len() < self.batch_size
+                && !self.window.is_zero()
+                && opened.get_or_insert_with(Instant::now).elapsed() < self.window;
+            if !wait {
+                *opened = None;
+            }
+            wait
+        };
         if msgs.is_empty() {
-            *opened = None;
             return Ok((0, false));
         }
-        // Lambda waits up to the batching window for a full batch.
-        if msgs.len() < self.batch_size && !self.window.is_zero() {
-            let since = *opened.get_or_insert_with(Instant::now);
-            if since.elapsed() < self.window {
-                let n = msgs.len();
-                *self.held.lock().unwrap_or_else(|e| e.into_inner()) = msgs;
-                return Ok((n, false));
-            }
+        if wait {
+            let n = msgs.len();
+            *self.held.lock().unwrap_or_else(|e| e.into_inner()) = msgs;
+            return Ok((n, false));
         }
-        *opened = None;
-        drop(opened);
         self.deliver(msgs).await.map(|n| (n, true))
     }
 
