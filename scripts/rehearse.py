@@ -415,9 +415,25 @@ def split(template):
     return deployable, deferred
 
 
+def choose_branches(node, stack):
+    """Fn::If resolved by its condition, and AWS::NoValue dropped from lists, before moto
+    sees the template (moto keeps a null in a list, e.g. a policy's statements)."""
+    if isinstance(node, list):
+        out = [choose_branches(x, stack) for x in node]
+        return [x for x in out if x != {"Ref": "AWS::NoValue"}]
+    if not isinstance(node, dict):
+        return node
+    if len(node) == 1 and "Fn::If" in node:
+        cond, yes, no = node["Fn::If"]
+        return choose_branches(yes if stack.condition(cond) else no, stack)
+    return {k: choose_branches(v, stack) for k, v in node.items()}
+
+
 def deploy_region(client, account, region, template, parameters, update):
     cfn = client("cloudformation", region)
     deployable, deferred = split(template)
+    conditions = Stack(client, region, account, template, parameters, {})
+    deployable["Resources"] = choose_branches(deployable["Resources"], conditions)
     upload_code(client, account, region, deployable)
     params = [{"ParameterKey": k, "ParameterValue": ",".join(v) if isinstance(v, list) else str(v)}
               for k, v in parameters.items()]
