@@ -28,6 +28,30 @@ pub struct SqsMapping {
 }
 
 impl SqsMapping {
+    /// A mapping a test wires itself (batch size given, no batching window, partial
+    /// batch responses read); the world's mappings come from the stack
+    /// ([`SqsMapping::from_template`]).
+    pub fn new(
+        clients: RegionClients,
+        queue_url: &str,
+        queue_arn: &str,
+        function: Arc<dyn Invoke>,
+        batch_size: usize,
+    ) -> Self {
+        Self {
+            clients,
+            queue_url: queue_url.to_owned(),
+            queue_arn: queue_arn.to_owned(),
+            function,
+            batch_size,
+            window: Duration::ZERO,
+            report_failures: true,
+            held: std::sync::Mutex::default(),
+            window_open: std::sync::Mutex::default(),
+            log: Arc::default(),
+        }
+    }
+
     /// The mapping `m` of the deployed stack, on the queue at `queue_url`.
     pub fn from_template(
         clients: RegionClients,
