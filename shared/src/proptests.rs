@@ -15,6 +15,8 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use crate::app::Ports;
+use crate::app::invalidator::Invalidator;
+use crate::app::object::ObjectProcessor;
 use crate::app::stream::StreamProcessor;
 use crate::config::Config;
 use crate::ddb::{StreamRecord, split_batch};
@@ -22,7 +24,9 @@ use crate::error::PortError;
 use crate::lambda::BatchHandler;
 use crate::message::Invalidation;
 use crate::objects::{ObjectMessage, decode_form_key, parse_rfc3339_ms};
-use crate::ports::{DeadLetter, DeadLetterEntry, Outbound, Publish, PublishResult};
+use crate::ports::{
+    Cache, DeadLetter, DeadLetterEntry, ObjectStore, Outbound, Publish, PublishResult, VersionHead,
+};
 use crate::sqs::{SqsRecord, unwrap_sns};
 
 fn sample(name: &str) -> String {
@@ -202,8 +206,49 @@ impl crate::ports::Alerts for AcceptAlerts {
 
 struct Run {
     failed: Vec<String>,
+    /// Every cache key the batch invalidated (published, or unlinked by the invalidator).
     keys: std::collections::BTreeSet<String>,
     dead: Vec<DeadLetterEntry>,
+}
+
+impl Run {
+    fn handle(
+        handler: &impl BatchHandler,
+        records: &[String],
+        keys: impl FnOnce() -> Vec<String>,
+        dead_letter: &MemoryDeadLetter,
+    ) -> Run {
+        let event = format!(r#"{{"Records":[{}]}}"#, records.join(","));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let failed = rt.block_on(handler.handle(&event)).unwrap();
+        let dead = std::mem::take(&mut *dead_letter.0.lock().unwrap());
+        Run {
+            failed,
+            keys: keys().into_iter().collect(),
+            dead,
+        }
+    }
+}
+
+fn queue_ports(
+    labels: crate::keyhash::KeyLabels,
+) -> (Ports, Arc<MemoryPublisher>, Arc<MemoryDeadLetter>) {
+    let publisher = Arc::new(MemoryPublisher::default());
+    let dead_letter = Arc::new(MemoryDeadLetter::default());
+    let ports = Ports {
+        publisher: publisher.clone(),
+        dead_letter: dead_letter.clone(),
+        labels: Arc::new(labels),
+        alerts: Arc::new(AcceptAlerts),
+    };
+    (ports, publisher, dead_letter)
+}
+
+fn published(publisher: &MemoryPublisher) -> Vec<String> {
+    let out = publisher.0.lock().unwrap();
+    out.iter().flat_map(|m| m.keys.clone()).collect()
 }
 
 fn run_stream(records: &[String]) -> Run {
@@ -211,33 +256,200 @@ fn run_stream(records: &[String]) -> Run {
 }
 
 fn run_stream_with(records: &[String], labels: crate::keyhash::KeyLabels) -> Run {
-    let publisher = Arc::new(MemoryPublisher::default());
-    let dead_letter = Arc::new(MemoryDeadLetter::default());
+    let (ports, publisher, dead_letter) = queue_ports(labels);
     let processor = StreamProcessor {
         config: Config::embedded().unwrap(),
         region: "us-east-1".into(),
-        ports: Ports {
-            publisher: publisher.clone(),
-            dead_letter: dead_letter.clone(),
-            labels: Arc::new(labels),
-            alerts: Arc::new(AcceptAlerts),
-        },
+        ports,
         emf: crate::metrics::EmfOut::Captured(Arc::default()),
     };
-    let event = format!(r#"{{"Records":[{}]}}"#, records.join(","));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let failed = rt.block_on(processor.handle(&event)).unwrap();
-    let keys = publisher
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .flat_map(|m| m.keys.clone())
-        .collect();
-    let dead = std::mem::take(&mut *dead_letter.0.lock().unwrap());
-    Run { failed, keys, dead }
+    Run::handle(&processor, records, || published(&publisher), &dead_letter)
+}
+
+/// Object versions that no longer exist (the residency stage then has nothing to act on).
+struct NoObjects;
+impl ObjectStore for NoObjects {
+    fn head_version<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<Option<VersionHead>, PortError>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn version_tags<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, PortError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    fn delete_version<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn copy_version<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: &'a str,
+        _: u64,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn run_objects(records: &[String]) -> Run {
+    let (ports, publisher, dead_letter) = queue_ports(crate::keyhash::KeyLabels::plain());
+    let processor = ObjectProcessor {
+        config: Config::embedded().unwrap(),
+        region: "us-east-1".into(),
+        ports,
+        objects: Arc::new(NoObjects),
+        emf: crate::metrics::EmfOut::Captured(Arc::default()),
+    };
+    Run::handle(&processor, records, || published(&publisher), &dead_letter)
+}
+
+#[derive(Default)]
+struct MemoryCache(Mutex<Vec<String>>);
+impl Cache for MemoryCache {
+    fn unlink<'a>(&'a self, keys: &'a [String]) -> BoxFuture<'a, Result<u64, PortError>> {
+        Box::pin(async move {
+            self.0.lock().unwrap().extend(keys.iter().cloned());
+            Ok(0)
+        })
+    }
+}
+
+fn run_invalidator(records: &[String]) -> Run {
+    let cache = Arc::new(MemoryCache::default());
+    let dead_letter = Arc::new(MemoryDeadLetter::default());
+    let invalidator = Invalidator {
+        namespace: "Tidemark".into(),
+        cache: cache.clone(),
+        dead_letter: dead_letter.clone(),
+        emf: crate::metrics::EmfOut::Captured(Arc::default()),
+    };
+    let keys = || cache.0.lock().unwrap().clone();
+    Run::handle(&invalidator, records, keys, &dead_letter)
+}
+
+/// `n` good records with `bad` inserted at `at`: `bad` gets the outcome it gets alone (same
+/// dead letters, same retries), every dead letter is `bad`'s, and every key the good
+/// records invalidate without it is still invalidated.
+fn rejected_alone(
+    run: fn(&[String]) -> Run,
+    good: fn(usize) -> String,
+    n: usize,
+    at: usize,
+    bad: &str,
+) -> Result<(), TestCaseError> {
+    let alone = run(&[bad.to_owned()]);
+    let clean: Vec<String> = (0..n).map(good).collect();
+    let neighbours = run(&clean);
+    prop_assert!(neighbours.dead.is_empty(), "{:?}", neighbours.dead);
+    prop_assert!(neighbours.failed.is_empty(), "{:?}", neighbours.failed);
+    prop_assert!(
+        !neighbours.keys.is_empty(),
+        "the good records invalidate keys"
+    );
+
+    let mut records = clean;
+    let at = at % (n + 1);
+    records.insert(at, bad.to_owned());
+    let batch = run(&records);
+    prop_assert_eq!(batch.dead.len(), alone.dead.len());
+    for d in &batch.dead {
+        prop_assert_eq!(d.index, at);
+        prop_assert_eq!(&d.record, bad);
+    }
+    prop_assert_eq!(&batch.failed, &alone.failed);
+    for k in &neighbours.keys {
+        prop_assert!(batch.keys.contains(k), "{} missing", k);
+    }
+    Ok(())
+}
+
+/// Neither the decoder's error nor the dead letter's reason (the record run alone) quotes
+/// `secrets`; the record is dead-lettered.
+fn reasons_hide(
+    decoded: Result<(), String>,
+    run: Run,
+    secrets: &[&str],
+) -> Result<(), TestCaseError> {
+    let err = decoded.err();
+    prop_assert!(err.is_some(), "the decoder rejects the record");
+    prop_assert_eq!(run.dead.len(), 1, "the record is rejected");
+    for text in [err.unwrap().as_str(), run.dead[0].reason.as_str()] {
+        for s in secrets {
+            prop_assert!(!text.contains(s), "{}", text);
+        }
+    }
+    Ok(())
+}
+
+/// An SQS record (the object-events sample's first) carrying `body`.
+fn sqs_record(id: &str, body: &str) -> String {
+    let all: Value = serde_json::from_str(&sample("sqs-object-events.json")).unwrap();
+    let mut r = all["Records"][0].clone();
+    r["messageId"] = json!(id);
+    r["body"] = json!(body);
+    r.to_string()
+}
+
+/// Applies `edit` to the JSON body of an SQS record.
+fn edit_body(record: &str, edit: impl FnOnce(&mut Value)) -> String {
+    let mut r: Value = serde_json::from_str(record).unwrap();
+    let mut body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+    edit(&mut body);
+    r["body"] = json!(body.to_string());
+    r.to_string()
+}
+
+const OBJECT_SHAPES: [&str; 3] = [
+    "eventbridge-object-created.json",
+    "s3-notification-put.json",
+    "s3-notification-replication.json",
+];
+
+/// An object event of each shape in turn (EventBridge, S3 notification, S3 replication),
+/// for its own key, in an SQS record.
+fn good_object(i: usize) -> String {
+    let mut body: Value = serde_json::from_str(&sample(OBJECT_SHAPES[i % 3])).unwrap();
+    let key = format!("images/n{i}.jpg");
+    for p in ["/detail/object/key", "/Records/0/s3/object/key"] {
+        if let Some(k) = body.pointer_mut(p) {
+            *k = json!(key);
+        }
+    }
+    sqs_record(&format!("object-{i}"), &body.to_string())
+}
+
+/// An invalidation message, raw (as `tidemark` sends) or in its SNS envelope, in turn.
+fn good_invalidation(i: usize) -> String {
+    let message = json!({
+        "v": 1, "source": "users", "origin_region": "us-east-1", "replicated": false,
+        "changed_at_ms": 1_763_812_800_123u64, "keys": [format!("user:user#{i}")],
+    })
+    .to_string();
+    let body = if i.is_multiple_of(2) {
+        message
+    } else {
+        let all: Value = serde_json::from_str(&sample("sqs-sns-invalidation.json")).unwrap();
+        let mut envelope: Value =
+            serde_json::from_str(all["Records"][0]["body"].as_str().unwrap()).unwrap();
+        envelope["Message"] = json!(message);
+        envelope.to_string()
+    };
+    sqs_record(&format!("invalidation-{i}"), &body)
 }
 
 fn good(i: usize) -> String {
@@ -280,29 +492,9 @@ proptest! {
         path in prop::collection::vec(any::<usize>(), 1..7),
         with in prop::option::of(any_json()),
     ) {
-        let at = at % (n + 1);
         let mut bad: Value = serde_json::from_str(&good(900)).unwrap();
         mutate(&mut bad, &path, with);
-        let bad = bad.to_string();
-        let alone = run_stream(std::slice::from_ref(&bad));
-
-        let mut records: Vec<String> = (0..n).map(good).collect();
-        records.insert(at, bad.clone());
-        let batch = run_stream(&records);
-
-        // The mutated record gets the same outcome in the batch as alone.
-        prop_assert_eq!(batch.dead.len(), alone.dead.len());
-        for d in &batch.dead {
-            prop_assert_eq!(d.index, at);
-            prop_assert_eq!(&d.record, &bad);
-        }
-        prop_assert_eq!(batch.failed.len(), alone.failed.len());
-        // Every good neighbour's keys are published, whatever happened to it.
-        for i in 0..n {
-            for k in good_keys(i) {
-                prop_assert!(batch.keys.contains(&k), "{} missing", k);
-            }
-        }
+        rejected_alone(run_stream, good, n, at, &bad.to_string())?;
     }
 
     #[test]
@@ -319,13 +511,120 @@ proptest! {
         *rec.pointer_mut("/dynamodb/OldImage/email").unwrap() = json!({"S": marker.clone()});
         let raw = rec.to_string();
 
-        let err = StreamRecord::decode(&raw).unwrap_err().to_string();
-        prop_assert!(!err.contains(&marker) && !err.contains(&digits), "{}", err);
+        let decoded = StreamRecord::decode(&raw).map(drop).map_err(|e| e.to_string());
+        reasons_hide(decoded, run_stream(&[raw]), &[&marker, &digits])?;
+    }
 
-        let run = run_stream(&[raw]);
-        prop_assert_eq!(run.dead.len(), 1, "the record is rejected");
-        let reason = &run.dead[0].reason;
-        prop_assert!(!reason.contains(&marker) && !reason.contains(&digits), "{}", reason);
+    #[test]
+    fn a_bad_object_event_is_rejected_alone_and_its_neighbours_are_unaffected(
+        n in 1..5usize,
+        at in any::<usize>(),
+        in_body in any::<bool>(),
+        path in prop::collection::vec(any::<usize>(), 1..7),
+        with in prop::option::of(any_json()),
+    ) {
+        let bad = mutated(&good_object(900 + n), in_body, &path, with);
+        rejected_alone(run_objects, good_object, n, at, &bad)?;
+    }
+
+    #[test]
+    fn a_bad_invalidation_message_is_rejected_alone_and_its_neighbours_are_unaffected(
+        n in 1..5usize,
+        at in any::<usize>(),
+        in_body in any::<bool>(),
+        path in prop::collection::vec(any::<usize>(), 1..7),
+        with in prop::option::of(any_json()),
+    ) {
+        let bad = mutated(&good_invalidation(900 + n), in_body, &path, with);
+        rejected_alone(run_invalidator, good_invalidation, n, at, &bad)?;
+    }
+
+    #[test]
+    fn no_object_event_reason_contains_a_value(
+        marker in "[a-z]{4}@[a-z]{6}\\.example",
+        digits in "[1-9][0-9]{14}",
+        shape in 0..3usize,
+        how in any::<u8>(),
+    ) {
+        let (s, m, d) = (json!(marker), json!(marker.clone() + "%zz"), json!(digits.parse::<u64>().unwrap()));
+        // (field, value) pairs every shape rejects, per shape.
+        let edits: &[(&str, &Value)] = if shape == 0 {
+            &[
+                ("/detail-type", &s),
+                ("/source", &s),
+                ("/detail/object/key", &d),
+                ("/detail/object/version-id", &d),
+                ("/detail/object/sequencer", &d),
+                ("/detail/bucket/name", &d),
+            ]
+        } else {
+            &[
+                ("/Records/0/eventName", &s),
+                ("/Records/0/eventName", &d),
+                ("/Records/0/eventTime", &d),
+                ("/Records/0/s3/object/key", &m),
+                ("/Records/0/s3/object/key", &d),
+                ("/Records/0/s3/object/versionId", &d),
+                ("/Records/0/s3/object/sequencer", &d),
+                ("/Records/0/s3/bucket/name", &d),
+            ]
+        };
+        let (field, value) = edits[how as usize % edits.len()];
+        let raw = edit_body(&good_object(shape), |b| {
+            *b.pointer_mut(field).unwrap() = value.clone();
+            // The marker in other values too, so a reason quoting any value shows.
+            for other in ["/detail/requester", "/Records/0/requestParameters/sourceIPAddress"] {
+                if let Some(v) = b.pointer_mut(other) {
+                    *v = s.clone();
+                }
+            }
+        });
+        let body: Value = serde_json::from_str(&raw).unwrap();
+        let decoded = ObjectMessage::decode(body["body"].as_str().unwrap()).map(drop).map_err(|e| e.to_string());
+        reasons_hide(decoded, run_objects(&[raw]), &[&marker, &digits])?;
+    }
+
+    #[test]
+    fn no_invalidation_reason_contains_a_value(
+        marker in "[a-z]{4}@[a-z]{6}\\.example",
+        digits in "[1-9][0-9]{14}",
+        enveloped in any::<bool>(),
+        how in any::<u8>(),
+    ) {
+        let (s, d) = (json!(marker), json!(digits.parse::<u64>().unwrap()));
+        let edits: [(&str, &Value); 7] = [
+            ("v", &s), ("keys", &s), ("keys", &json!([d.clone()])), ("changed_at_ms", &s),
+            ("source", &d), ("origin_region", &d), ("replicated", &s),
+        ];
+        let (field, value) = edits[how as usize % edits.len()];
+        let mut message: Value = json!({
+            "v": 1, "source": "users", "origin_region": "us-east-1", "replicated": false,
+            "changed_at_ms": 1, "keys": [marker.clone()],
+        });
+        message[field] = value.clone();
+        let body = if enveloped {
+            let all: Value = serde_json::from_str(&sample("sqs-sns-invalidation.json")).unwrap();
+            let mut envelope: Value =
+                serde_json::from_str(all["Records"][0]["body"].as_str().unwrap()).unwrap();
+            envelope["Message"] = json!(message.to_string());
+            envelope.to_string()
+        } else {
+            message.to_string()
+        };
+        let decoded = Invalidation::decode(&unwrap_sns(&body)).map(drop).map_err(|e| e.to_string());
+        reasons_hide(decoded, run_invalidator(&[sqs_record("m", &body)]), &[&marker, &digits])?;
+    }
+}
+
+/// `record` with the node at `path` replaced (or removed), in the SQS record itself or in
+/// its JSON body.
+fn mutated(record: &str, in_body: bool, path: &[usize], with: Option<Value>) -> String {
+    if in_body {
+        edit_body(record, |b| mutate(b, path, with))
+    } else {
+        let mut r: Value = serde_json::from_str(record).unwrap();
+        mutate(&mut r, path, with);
+        r.to_string()
     }
 }
 
