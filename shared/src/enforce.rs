@@ -503,19 +503,11 @@ fn acted(metrics: &mut Metrics, a: &Alert) {
 fn alert_failed(a: &Alert, e: &PortError) -> StageError {
     let permanent = matches!(e, PortError::Permanent(_));
     warn!(event_id = %a.event_id, permanent, error = %e, "residency alert failed");
-    StageError::Port(prefixed(&format!("alert {}", a.event_id), e))
+    StageError::Port(e.context(&format!("alert {}", a.event_id)))
 }
 
 fn action_failed(action: &str, e: PortError) -> StageError {
-    StageError::Port(prefixed(&format!("{action} failed"), &e))
-}
-
-/// The same class, with what was being done in front of the reason.
-fn prefixed(what: &str, e: &PortError) -> PortError {
-    match e {
-        PortError::Transient(m) => PortError::Transient(format!("{what}: {m}")),
-        PortError::Permanent(m) => PortError::Permanent(format!("{what}: {m}")),
-    }
+    StageError::Port(e.context(&format!("{action} failed")))
 }
 
 #[cfg(test)]

@@ -84,6 +84,14 @@ impl PortError {
             PortError::Permanent(_) => Class::Permanent,
         }
     }
+
+    /// The same class, with what was being done in front of the reason.
+    pub fn context(&self, what: &str) -> PortError {
+        match self {
+            PortError::Transient(m) => PortError::Transient(format!("{what}: {m}")),
+            PortError::Permanent(m) => PortError::Permanent(format!("{what}: {m}")),
+        }
+    }
 }
 
 /// Service error codes that say the request can never succeed as made.

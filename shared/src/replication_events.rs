@@ -22,7 +22,7 @@ use crate::keyhash::KeyLabels;
 use crate::metrics::{Dim, Metric, Metrics};
 use crate::objects::{ObjectChange, ObjectEventKind, ReplicationEvent};
 use crate::pipeline::Stage;
-use crate::ports::{Alert, Alerts, PortError};
+use crate::ports::{Alert, Alerts};
 
 /// `kind` of the alert for each event type.
 pub fn alert_kind(e: ReplicationEvent) -> &'static str {
@@ -220,14 +220,8 @@ impl<'c> Stage<ObjectEvent<'c>> for ReplicationEventStage<'_> {
             let results = self.alerts.send(&alerts).await;
             for (f, r) in found.iter().zip(results) {
                 if let Err(e) = r {
-                    let text = format!("alert {}", f.alert.event_id);
-                    failed.push((
-                        f.index,
-                        StageError::Port(match e {
-                            PortError::Transient(m) => PortError::Transient(format!("{text}: {m}")),
-                            PortError::Permanent(m) => PortError::Permanent(format!("{text}: {m}")),
-                        }),
-                    ));
+                    let what = format!("alert {}", f.alert.event_id);
+                    failed.push((f.index, StageError::Port(e.context(&what))));
                 }
             }
             failed
