@@ -2,6 +2,7 @@
 //! moto lacks (global-table and S3 replication, event source mappings, the Lambda runtime,
 //! the S3 events moto does not send) — production code never reads what it writes.
 
+pub mod alarms;
 pub mod aws;
 pub mod gate;
 pub mod http;
