@@ -932,6 +932,22 @@ impl World {
         docs
     }
 
+    /// The alarm evaluator's answer now for the deployed alarm `logical` of `region`, over
+    /// every EMF document the region's functions printed plus `extra` (documents a test
+    /// produced itself, such as in-process canary ticks).
+    pub fn evaluate_alarm(
+        &self,
+        region: &str,
+        logical: &str,
+        extra: &[serde_json::Value],
+    ) -> Result<crate::alarms::Evaluation> {
+        let alarm = crate::alarms::alarm(&self.region(region).wiring, logical)?;
+        let mut docs = self.emf(region, "");
+        docs.extend_from_slice(extra);
+        let samples = crate::alarms::samples(&docs)?;
+        alarm.evaluate(&samples, crate::now_ms() as i64)
+    }
+
     /// Sets the replication delay of one direction (tables); others keep theirs.
     pub fn set_replication_delay(&mut self, from: &str, to: &str, delay: Duration) {
         for r in self

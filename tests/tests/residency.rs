@@ -10,6 +10,7 @@ use tidemark::adapters::alerts::SnsAlerts;
 use tidemark::adapters::object_store::S3ObjectStore;
 use tidemark::enforce::quarantine_key;
 use tidemark::ports::{Alert, Alerts, ObjectStore, PortError};
+use tidemark_tests::alarms::State;
 use tidemark_tests::aws::RegionClients;
 use tidemark_tests::s3sim::{Shape, list_versions};
 use tidemark_tests::world::{Options, World};
@@ -465,6 +466,12 @@ async fn eu_item_is_reported_in_us_and_stays() -> Result<()> {
     let body = serde_json::to_string(a)?;
     assert!(!body.contains("anna@example.com"), "{body}");
     assert!(alerts(&w, EU).await?.is_empty());
+    // The residency alarm, applied to this run's EMF by the alarm evaluator: ALARM where the
+    // item must not live, OK where it may.
+    let us = w.evaluate_alarm(US, "ResidencyViolationAlarm", &[])?;
+    assert_eq!(us.state, State::Alarm, "{us:?}");
+    let eu = w.evaluate_alarm(EU, "ResidencyViolationAlarm", &[])?;
+    assert_eq!(eu.state, State::Ok, "{eu:?}");
     Ok(())
 }
 
