@@ -66,6 +66,8 @@ pub struct Options {
     pub object_events: Shape,
     /// Adds the residency rules of [`RESIDENCY_RULES`] to the configuration.
     pub residency: bool,
+    /// `deployment.stale_after_seconds` (the staleness and health-check alarms' threshold).
+    pub stale_after_seconds: Option<u64>,
 }
 
 impl Default for Options {
@@ -85,6 +87,7 @@ impl Default for Options {
             batching_windows: false,
             object_events: Shape::EventBridge,
             residency: false,
+            stale_after_seconds: None,
         }
     }
 }
@@ -425,6 +428,12 @@ impl World {
             let (tables, buckets) = RESIDENCY_RULES;
             text = text.replace("[[buckets]]", &format!("{tables}\n[[buckets]]"));
             text.push_str(buckets);
+        }
+        if let Some(n) = options.stale_after_seconds {
+            text = text.replace(
+                "[deployment]\n",
+                &format!("[deployment]\nstale_after_seconds = {n}\n"),
+            );
         }
         std::fs::write(&config_path, text)?;
         let config = tidemark::config::Config::load(&config_path)?;

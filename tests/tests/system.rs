@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::{Value, json};
 use tidemark::message::Invalidation;
+use tidemark_tests::alarms::State;
 use tidemark_tests::world::{Options, Stages, World};
 
 /// `tidemark check --live` against moto (its own file: it shares nothing with the worlds).
@@ -2262,11 +2263,68 @@ async fn paused_replication_makes_that_pair_stale_only_and_resuming_clears_it() 
     Ok(())
 }
 
+/// Sleeps until just after the next minute of the wall clock begins (alarms with 60 s
+/// periods evaluate per epoch-aligned minute).
+async fn next_minute() {
+    let now = tidemark::now_ms();
+    tokio::time::sleep(Duration::from_millis(60_000 - now % 60_000 + 300)).await;
+}
+
+/// A stall longer than `stale_after_seconds` in two minutes running puts the stale
+/// region's health-check alarm in ALARM (the alarm evaluator over the canaries' EMF), while
+/// the region that keeps receiving stays OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn a_stall_past_the_threshold_puts_the_health_check_alarm_in_alarm() -> Result<()> {
+    let (us, eu) = ("us-east-1", "eu-west-1");
+    let mut w = World::start(Options {
+        stale_after_seconds: Some(2),
+        ..Options::default()
+    })
+    .await?;
+    let config = tidemark::config::Config::load(&w.config_path)?;
+    let canaries = world_canaries(&w, &config, None).await;
+    for _ in 0..2 {
+        for c in &canaries {
+            tick_docs(c).await?;
+        }
+        w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
+            .await?;
+    }
+    w.pause(us, eu, true);
+    let (mut us_docs, mut eu_docs) = (Vec::new(), Vec::new());
+    for minute in 0..2 {
+        if minute == 0 {
+            // Past the 2 s threshold before the first stale tick.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+        } else {
+            next_minute().await;
+        }
+        us_docs.extend(tick_docs(&canaries[0]).await?);
+        eu_docs.extend(tick_docs(&canaries[1]).await?);
+        w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
+            .await?;
+        // us-east-1 now holds eu-west-1's newest heartbeat: not behind.
+        us_docs.extend(tick_docs(&canaries[0]).await?);
+    }
+    let stale = staleness_from_state(&w, us, eu).await?;
+    assert!(stale.iter().all(|(_, s)| *s > 2.0), "{stale:?}");
+    let health = w.evaluate_alarm(eu, "HealthCheckStalenessAlarm", &eu_docs)?;
+    assert_eq!(health.state, State::Alarm, "{health:?}");
+    let health = w.evaluate_alarm(us, "HealthCheckStalenessAlarm", &us_docs)?;
+    assert_eq!(health.state, State::Ok, "{health:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the emulators: run scripts/test.sh"]
 async fn a_stopped_or_unreachable_peer_is_down_and_leaves_this_region_healthy() -> Result<()> {
     let (us, eu) = ("us-east-1", "eu-west-1");
-    let mut w = World::start(Options::default()).await?;
+    let mut w = World::start(Options {
+        stale_after_seconds: Some(2),
+        ..Options::default()
+    })
+    .await?;
     let mut config = tidemark::config::Config::load(&w.config_path)?;
     config.deployment.peer_down_after_seconds = 1;
     let canaries = world_canaries(&w, &config, None).await;
@@ -2299,6 +2357,18 @@ async fn a_stopped_or_unreachable_peer_is_down_and_leaves_this_region_healthy() 
         "{eu_docs:?}"
     );
     assert_eq!(worst_staleness(&eu_docs, eu), Some(0.0), "{eu_docs:?}");
+    // Another tick after the next minute starts (the health-check alarm needs two minutes
+    // of two): the alarm evaluator keeps eu-west-1's health-check alarm OK, so a dead peer
+    // never steers traffic away from this region.
+    let mut health_docs = eu_docs.clone();
+    next_minute().await;
+    health_docs.extend(tick_docs(&canaries[1]).await?);
+    let health = w.evaluate_alarm(eu, "HealthCheckStalenessAlarm", &health_docs)?;
+    assert_eq!(health.state, State::Ok, "{health:?}");
+    assert!(
+        health.datapoints.iter().all(|d| d.value.is_some()),
+        "both minutes have data: {health:?}"
+    );
 
     // us-east-1 runs again but eu-west-1 cannot reach it: down as well, and not an error
     // of eu-west-1's tick.
