@@ -203,6 +203,8 @@ struct RawBucket {
     #[serde(default)]
     quarantine_bucket: Option<String>,
     #[serde(default)]
+    lag: ObjectLag,
+    #[serde(default)]
     residency: Vec<RawRule>,
 }
 
@@ -231,6 +233,45 @@ pub struct Canary {
     /// Write and read heartbeats for this source.
     #[serde(default)]
     pub enabled: bool,
+}
+
+/// Default of `lag.origin_region` (buckets).
+pub const DEFAULT_ORIGIN_REGION_METADATA: &str = "origin-region";
+/// Default of `lag.written_at_ms` (buckets).
+pub const DEFAULT_WRITTEN_AT_METADATA: &str = "written-at-ms";
+
+fn default_origin_region_metadata() -> String {
+    DEFAULT_ORIGIN_REGION_METADATA.to_owned()
+}
+fn default_written_at_metadata() -> String {
+    DEFAULT_WRITTEN_AT_METADATA.to_owned()
+}
+
+/// Object replication lag of a bucket's application objects, from the user metadata the
+/// application writes on each object (S3 replication copies it to the replicas).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectLag {
+    /// Measure every replica that arrives here: one HeadObject per new object version of
+    /// the bucket (an event does not tell whether a version is a replica).
+    #[serde(default)]
+    pub enabled: bool,
+    /// User metadata (name without `x-amz-meta-`) holding the region that wrote the object.
+    #[serde(default = "default_origin_region_metadata")]
+    pub origin_region: String,
+    /// User metadata holding the write time in epoch milliseconds.
+    #[serde(default = "default_written_at_metadata")]
+    pub written_at_ms: String,
+}
+
+impl Default for ObjectLag {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            origin_region: default_origin_region_metadata(),
+            written_at_ms: default_written_at_metadata(),
+        }
+    }
 }
 
 /// Attributes the application writes that tell where and when a change happened.
@@ -317,6 +358,7 @@ pub struct Bucket {
     pub replicated: bool,
     pub canary: Canary,
     pub quarantine_bucket: Option<String>,
+    pub lag: ObjectLag,
     pub residency: Vec<Rule>,
 }
 
@@ -653,6 +695,67 @@ impl Checker<'_> {
     }
 }
 
+impl Checker<'_> {
+    /// A bucket's `lag` section: metadata names S3 can return, and replicas to measure.
+    fn object_lag(&mut self, location: &str, lag: &ObjectLag, replicated: bool) {
+        for (field, name) in [
+            ("lag.origin_region", &lag.origin_region),
+            ("lag.written_at_ms", &lag.written_at_ms),
+        ] {
+            if let Some(problem) = metadata_name_problem(name) {
+                self.fail(location, field, problem);
+            }
+        }
+        if lag.origin_region == lag.written_at_ms {
+            self.fail(
+                location,
+                "lag.written_at_ms",
+                format!(
+                    "expected a metadata name other than lag.origin_region's, found `{}` for both",
+                    lag.written_at_ms
+                ),
+            );
+        }
+        if lag.enabled && !replicated {
+            self.fail(
+                location,
+                "lag.enabled",
+                "the bucket is not replicated (`replicated = false`): no replica arrives to be measured",
+            );
+        }
+    }
+}
+
+/// Why S3 would never return user metadata under `name` (as a configuration names it),
+/// or `None` when it can.
+fn metadata_name_problem(name: &str) -> Option<String> {
+    if name.trim().is_empty() {
+        return Some("expected a user metadata name, found an empty one".into());
+    }
+    if name.to_ascii_lowercase().starts_with("x-amz-meta-") {
+        return Some(format!(
+            "expected the name without the `x-amz-meta-` prefix S3 adds (`{}`), found `{name}`",
+            &name["x-amz-meta-".len()..]
+        ));
+    }
+    if name.chars().any(|ch| ch.is_ascii_uppercase()) {
+        return Some(format!(
+            "S3 returns user metadata names in lower case, so `{name}` would never match: expected `{}`",
+            name.to_ascii_lowercase()
+        ));
+    }
+    // It travels as an HTTP header name; these characters are safe in every client.
+    if let Some(bad) = name
+        .chars()
+        .find(|ch| !(ch.is_ascii_lowercase() || ch.is_ascii_digit() || "-_.".contains(*ch)))
+    {
+        return Some(format!(
+            "expected lower-case letters, digits, `-`, `_` and `.` in a metadata name (it travels as an HTTP header), found {bad:?} in `{name}`"
+        ));
+    }
+    None
+}
+
 /// Whether every subject `later` matches is matched by `earlier` already.
 fn covers(earlier: &Matcher, later: &Matcher) -> bool {
     match (earlier, later) {
@@ -809,6 +912,7 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigErrors> {
                 "required by a rule with action `hold`",
             );
         }
+        c.object_lag(&loc, &b.lag, b.replicated);
         buckets.push(Bucket {
             name: b.name,
             bucket_pattern: b.bucket,
@@ -816,6 +920,7 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigErrors> {
             replicated: b.replicated,
             canary: b.canary,
             quarantine_bucket: b.quarantine_bucket,
+            lag: b.lag,
             residency,
         });
     }
@@ -966,6 +1071,76 @@ cache_keys = ["asset:{key}"]
             (e.location.as_str(), e.field.as_str()),
             ("table \"users\", ", "canary.enabled")
         );
+    }
+
+    #[test]
+    fn bucket_lag_metadata_names_default_and_are_validated() {
+        let c = Config::parse("t.toml", BASE).unwrap();
+        assert_eq!(
+            c.buckets[0].lag,
+            ObjectLag {
+                enabled: false,
+                origin_region: "origin-region".into(),
+                written_at_ms: "written-at-ms".into(),
+            }
+        );
+        let with = |lag: &str| {
+            BASE.replace(
+                "cache_keys = [\"asset:{key}\"]",
+                &format!("cache_keys = [\"asset:{{key}}\"]\nlag = {lag}"),
+            )
+        };
+        let c = Config::parse(
+            "t.toml",
+            &with(r#"{ enabled = true, written_at_ms = "written-at" }"#),
+        )
+        .unwrap();
+        assert!(c.buckets[0].lag.enabled);
+        assert_eq!(c.buckets[0].lag.written_at_ms, "written-at");
+        assert_eq!(c.buckets[0].lag.origin_region, "origin-region");
+
+        for (lag, field, says) in [
+            (
+                r#"{ enabled = true, written_at_ms = "x-amz-meta-written-at" }"#,
+                "lag.written_at_ms",
+                "without the `x-amz-meta-` prefix S3 adds (`written-at`)",
+            ),
+            (
+                r#"{ origin_region = "Origin-Region" }"#,
+                "lag.origin_region",
+                "lower case, so `Origin-Region` would never match: expected `origin-region`",
+            ),
+            (
+                r#"{ written_at_ms = "written at" }"#,
+                "lag.written_at_ms",
+                "found ' ' in `written at`",
+            ),
+            (r#"{ origin_region = "" }"#, "lag.origin_region", "empty"),
+            (
+                r#"{ origin_region = "at", written_at_ms = "at" }"#,
+                "lag.written_at_ms",
+                "found `at` for both",
+            ),
+            (r#"{ enable = true }"#, "lag.enable", "unknown field"),
+        ] {
+            let e = err(&with(lag));
+            assert_eq!(
+                (e.location.as_str(), e.field.as_str()),
+                ("bucket \"assets\", ", field),
+                "{lag}: {e}"
+            );
+            assert!(e.message.contains(says), "{lag}: {e}");
+            assert!(
+                e.to_string().starts_with("t.toml: bucket \"assets\", "),
+                "{e}"
+            );
+        }
+        let e = err(&with("{ enabled = true }").replace(
+            "cache_keys = [\"asset:{key}\"]",
+            "cache_keys = [\"asset:{key}\"]\nreplicated = false",
+        ));
+        assert_eq!(e.field, "lag.enabled");
+        assert!(e.message.contains("not replicated"), "{e}");
     }
 
     #[test]

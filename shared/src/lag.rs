@@ -126,6 +126,69 @@ struct PairSamples {
     end_to_end: Vec<f64>,
 }
 
+/// One batch's lag samples, per (source, origin) and per source: the one place that turns
+/// [`Lags`] into `ReplicationLag`, `EndToEndLag` and `DeliveryDelay` with the catalog's
+/// dimension sets (the stream-processor's items and the object-processor's objects alike).
+#[derive(Debug, Default)]
+pub struct LagSamples {
+    pairs: Vec<PairSamples>,
+    delivery: Vec<(String, Vec<f64>)>,
+}
+
+impl LagSamples {
+    /// The figures of one write of `source` made in `origin`, seen here.
+    pub fn record(&mut self, source: &str, origin: &str, l: Lags) {
+        let i = match self
+            .pairs
+            .iter()
+            .position(|p| p.origin == origin && p.source == source)
+        {
+            Some(i) => i,
+            None => {
+                self.pairs.push(PairSamples {
+                    source: source.to_owned(),
+                    origin: origin.to_owned(),
+                    lag: Vec::new(),
+                    end_to_end: Vec::new(),
+                });
+                self.pairs.len() - 1
+            }
+        };
+        let p = &mut self.pairs[i];
+        if let Some(r) = l.replication_ms {
+            p.lag.push(r as f64);
+        }
+        p.end_to_end.push(l.end_to_end_ms as f64);
+        if let Some(d) = l.delivery_ms {
+            match self.delivery.iter_mut().find(|(s, _)| s == source) {
+                Some((_, v)) => v.push(d as f64),
+                None => self.delivery.push((source.to_owned(), vec![d as f64])),
+            }
+        }
+    }
+
+    /// Emits every sample, `here` being the destination region (one EMF value array per
+    /// dimension set).
+    pub fn emit(&self, metrics: &mut Metrics, here: &str) {
+        for p in &self.pairs {
+            let d = [
+                (Dim::Source, p.source.as_str()),
+                (Dim::SourceRegion, p.origin.as_str()),
+                (Dim::DestinationRegion, here),
+            ];
+            metrics.put_many(Metric::ReplicationLag, &d, p.lag.iter().copied());
+            metrics.put_many(Metric::EndToEndLag, &d, p.end_to_end.iter().copied());
+        }
+        for (source, values) in &self.delivery {
+            let d = [
+                (Dim::Source, source.as_str()),
+                (Dim::DestinationRegion, here),
+            ];
+            metrics.put_many(Metric::DeliveryDelay, &d, values.iter().copied());
+        }
+    }
+}
+
 /// The lag stage: measures every heartbeat item, and every application item whose table
 /// names both `app_attributes`, and finds conflicts. It never fails a record: a value it
 /// cannot read is not measured (and counted in a warning), since invalidation of that
@@ -137,8 +200,7 @@ pub struct LagStage<'c> {
     heartbeat_prefix: &'c str,
     hash_keys: bool,
     now_ms: u64,
-    pairs: Vec<PairSamples>,
-    delivery: Vec<(String, Vec<f64>)>,
+    samples: LagSamples,
     conflicts: Vec<Conflict>,
     unmeasured: usize,
 }
@@ -153,8 +215,7 @@ impl<'c> LagStage<'c> {
             heartbeat_prefix: &config.deployment.heartbeat_prefix,
             hash_keys: config.residency.hash_keys_in_alerts,
             now_ms,
-            pairs: Vec::new(),
-            delivery: Vec::new(),
+            samples: LagSamples::default(),
             conflicts: Vec::new(),
             unmeasured: 0,
         }
@@ -216,36 +277,6 @@ impl<'c> LagStage<'c> {
             _ => Err(()),
         }
     }
-
-    fn record_lags(&mut self, source: &str, origin: &str, l: Lags) {
-        let i = match self
-            .pairs
-            .iter()
-            .position(|p| p.origin == origin && p.source == source)
-        {
-            Some(i) => i,
-            None => {
-                self.pairs.push(PairSamples {
-                    source: source.to_owned(),
-                    origin: origin.to_owned(),
-                    lag: Vec::new(),
-                    end_to_end: Vec::new(),
-                });
-                self.pairs.len() - 1
-            }
-        };
-        let p = &mut self.pairs[i];
-        if let Some(r) = l.replication_ms {
-            p.lag.push(r as f64);
-        }
-        p.end_to_end.push(l.end_to_end_ms as f64);
-        if let Some(d) = l.delivery_ms {
-            match self.delivery.iter_mut().find(|(s, _)| s == source) {
-                Some((_, v)) => v.push(d as f64),
-                None => self.delivery.push((source.to_owned(), vec![d as f64])),
-            }
-        }
-    }
 }
 
 impl<'c, 'r> Stage<TableChange<'c, 'r>> for LagStage<'_> {
@@ -276,7 +307,8 @@ impl<'c, 'r> Stage<TableChange<'c, 'r>> for LagStage<'_> {
             }
         };
         let applied = (c.record.approx_created_ms > 0).then_some(c.record.approx_created_ms);
-        self.record_lags(&t.name, origin, lags(written_at, applied, self.now_ms));
+        self.samples
+            .record(&t.name, origin, lags(written_at, applied, self.now_ms));
 
         // Only the region whose write lost sees a MODIFY from its own write (old image) to
         // another region's (new image): the winner's region never applies the older write.
@@ -309,23 +341,7 @@ impl<'c, 'r> Stage<TableChange<'c, 'r>> for LagStage<'_> {
         metrics: &'s mut Metrics,
     ) -> BoxFuture<'s, Vec<(usize, StageError)>> {
         Box::pin(async move {
-            let here = self.region;
-            for p in &self.pairs {
-                let d = [
-                    (Dim::Source, p.source.as_str()),
-                    (Dim::SourceRegion, p.origin.as_str()),
-                    (Dim::DestinationRegion, here),
-                ];
-                metrics.put_many(Metric::ReplicationLag, &d, p.lag.iter().copied());
-                metrics.put_many(Metric::EndToEndLag, &d, p.end_to_end.iter().copied());
-            }
-            for (source, values) in &self.delivery {
-                let d = [
-                    (Dim::Source, source.as_str()),
-                    (Dim::DestinationRegion, here),
-                ];
-                metrics.put_many(Metric::DeliveryDelay, &d, values.iter().copied());
-            }
+            self.samples.emit(metrics, self.region);
             let mut counts: Vec<(&str, &str, &str, usize)> = Vec::new();
             for c in &self.conflicts {
                 tracing::warn!(

@@ -22,6 +22,7 @@ pub mod live;
 pub mod logging;
 pub mod message;
 pub mod metrics;
+pub mod object_lag;
 pub mod objects;
 pub mod pipeline;
 pub mod ports;

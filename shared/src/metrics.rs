@@ -213,7 +213,7 @@ pub const CATALOG: &[Spec] = &[
         unit: Unit::Milliseconds,
         dimensions: &[Source, SourceRegion, DestinationRegion],
         high_resolution: false,
-        help: "write in the source region (written_at) → applied by this region's replica (the stream's ApproximateCreationDateTime, 1 s resolution); SourceRegion = DestinationRegion is the local write-to-stream delay",
+        help: "write in the source region (written_at) → applied by this region's replica (tables: the stream's ApproximateCreationDateTime, 1 s resolution; buckets: the replica's Object Created event time); SourceRegion = DestinationRegion is a table's local write-to-stream delay",
     },
     Spec {
         metric: Metric::DeliveryDelay,
@@ -221,7 +221,7 @@ pub const CATALOG: &[Spec] = &[
         unit: Unit::Milliseconds,
         dimensions: &[Source, DestinationRegion],
         high_resolution: false,
-        help: "applied by this region's replica (ApproximateCreationDateTime) → processed by the stream-processor",
+        help: "applied by this region's replica (ApproximateCreationDateTime, or a replica object's event time) → processed by the stream- or object-processor",
     },
     Spec {
         metric: Metric::EndToEndLag,
@@ -229,7 +229,7 @@ pub const CATALOG: &[Spec] = &[
         unit: Unit::Milliseconds,
         dimensions: &[Source, SourceRegion, DestinationRegion],
         high_resolution: false,
-        help: "write in the source region (written_at) → processed by this region's stream-processor (ms precision)",
+        help: "write in the source region (written_at) → processed by this region's stream- or object-processor (ms precision)",
     },
     Spec {
         metric: Metric::ConcurrentWriteConflict,

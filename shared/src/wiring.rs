@@ -247,11 +247,13 @@ fn resources(config: &Config) -> String {
         s.push('\n');
     }
 
-    // Residency actions on the buckets that have rules, and on their quarantine buckets.
+    // Residency actions on the buckets that have rules, and on their quarantine buckets;
+    // version HEADs on the buckets whose replicas are measured (object lag: application
+    // objects with `lag.enabled`, peers' heartbeat objects with the canary).
     let ruled: Vec<_> = config
         .buckets
         .iter()
-        .filter(|b| !b.residency.is_empty())
+        .filter(|b| !b.residency.is_empty() || b.lag.enabled || b.canary.enabled)
         .collect();
     if !ruled.is_empty() {
         s.push_str(
@@ -261,7 +263,7 @@ fn resources(config: &Config) -> String {
             let l = logical(&b.name);
             let bucket = b.bucket_in("${AWS::Region}");
             // HEAD and tags of the event's exact version (rules on tags and metadata,
-            // and the REPLICA check).
+            // the REPLICA check, and the lag's metadata).
             let _ = write!(
                 s,
                 "          - Sid: ReadVersions{l}\n            Effect: Allow\n            Action: [s3:GetObjectVersion, s3:GetObjectVersionTagging]\n            Resource: !Sub \"arn:${{AWS::Partition}}:s3:::{bucket}/*\"\n          # Without ListBucket, HeadObject on a version deleted since the event is a 403, not a 404.\n          - Sid: SeeDeletedVersions{l}\n            Effect: Allow\n            Action: s3:ListBucket\n            Resource: !Sub \"arn:${{AWS::Partition}}:s3:::{bucket}\"\n"

@@ -1,5 +1,6 @@
 //! object-processor: S3 object events (EventBridge rule → SQS, and S3 replication
-//! notifications → SQS) → invalidations (then lag audit and residency).
+//! notifications → SQS) → invalidations, then object replication lag, residency and
+//! replication events.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use crate::enforce::ObjectResidencyStage;
 use crate::error::DecodeError;
 use crate::invalidation::{InvalidationStage, ObjectEvent};
 use crate::metrics::{EmfOut, Metrics};
+use crate::object_lag::ObjectLagStage;
 use crate::objects::ObjectMessage;
 use crate::pipeline::{self, Context, Decoded};
 use crate::ports::ObjectStore;
@@ -23,7 +25,7 @@ pub struct ObjectProcessor {
     pub config: Config,
     pub region: String,
     pub ports: Ports,
-    /// Reads and removes object versions for residency actions.
+    /// Reads object versions (lag, residency) and removes them (residency actions).
     pub objects: Arc<dyn ObjectStore>,
     /// Where the EMF documents go (stdout in Lambda; captured by in-process tests).
     pub emf: EmfOut,
@@ -44,6 +46,13 @@ impl crate::lambda::BatchHandler for ObjectProcessor {
         let mut invalidation =
             InvalidationStage::new(self.ports.publisher.as_ref(), FUNCTION, &self.region)
                 .with_max_key_bytes(self.config.deployment.max_cache_key_bytes);
+        // Before residency: a version residency removes can no longer be read.
+        let mut lag = ObjectLagStage::new(
+            self.objects.as_ref(),
+            &self.config,
+            &self.region,
+            crate::now_ms(),
+        );
         let mut residency = ObjectResidencyStage::new(
             self.objects.as_ref(),
             self.ports.alerts.as_ref(),
@@ -132,7 +141,12 @@ impl crate::lambda::BatchHandler for ObjectProcessor {
             ctx,
             &raws,
             decode,
-            &mut [&mut invalidation, &mut residency, &mut replication_events],
+            &mut [
+                &mut invalidation,
+                &mut lag,
+                &mut residency,
+                &mut replication_events,
+            ],
             self.ports.dead_letter.as_ref(),
             &mut metrics,
         )
