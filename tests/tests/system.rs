@@ -1860,7 +1860,7 @@ async fn injected_delays_of_200ms_and_1s_are_told_apart_per_region_pair() -> Res
     let mut w = asymmetric_world().await?;
     lag_workload(&mut w).await?;
     let table = w.table.clone();
-    let pair = |from: &'static str, to: &'static str| {
+    let pair = |w: &World, from: &str, to: &str| {
         let docs = w.emf(to, "stream-processor");
         let d = [
             ("Source", table.as_str()),
@@ -1880,7 +1880,7 @@ async fn injected_delays_of_200ms_and_1s_are_told_apart_per_region_pair() -> Res
         )
     };
     for (from, to, delay) in [(US, EU, FAST), (EU, US, SLOW)] {
-        let (lag, e2e, applied) = pair(from, to);
+        let (lag, e2e, applied) = pair(&w, from, to);
         assert_eq!(lag.len(), 3, "{from} → {to}: one sample per write: {lag:?}");
         assert_eq!(applied.len(), 3, "{from} → {to}: {applied:?}");
         for ((l, e), a) in lag.iter().zip(&e2e).zip(&applied) {
@@ -1904,25 +1904,35 @@ async fn injected_delays_of_200ms_and_1s_are_told_apart_per_region_pair() -> Res
     // at least 1000 − (written_at's ms within its second), ≈ 990 for writes made just past a
     // second. A 200 ms delay lands in the same second (reads 0) whenever the harness applied
     // it before that second ended, which it must have done at least once.
-    let (slow, _, slow_applied) = pair(EU, US);
+    let (slow, _, slow_applied) = pair(&w, EU, US);
     for (l, a) in slow.iter().zip(&slow_applied) {
         assert!(*l >= (1000 - a.written_at_ms % 1000) as f64, "{l} ({a:?})");
     }
-    let (fast, _, fast_applied) = pair(US, EU);
-    let on_time: Vec<f64> = fast
-        .iter()
-        .zip(&fast_applied)
-        .filter(|(_, a)| a.after_ms / 1000 == a.written_at_ms / 1000)
-        .map(|(l, _)| *l)
-        .collect();
-    // On a heavily loaded machine the harness may apply every "200 ms" write a second late;
-    // the exact bounds above still hold then, but this run cannot show the separation.
-    if on_time.is_empty() {
-        eprintln!(
-            "the harness applied no 200 ms write within its second (machine overloaded): {fast_applied:?}"
-        );
-    }
-    assert!(on_time.iter().all(|l| *l == 0.0), "{fast:?}");
+    // On a loaded machine the harness may apply a "200 ms" write a second late (the exact
+    // bounds above still hold then); more writes until one lands within its second, so the
+    // separation is shown rather than assumed.
+    let mut extra = 0;
+    let (fast, on_time) = loop {
+        let (fast, _, fast_applied) = pair(&w, US, EU);
+        let on_time: Vec<f64> = fast
+            .iter()
+            .zip(&fast_applied)
+            .filter(|(_, a)| a.after_ms / 1000 == a.written_at_ms / 1000)
+            .map(|(l, _)| *l)
+            .collect();
+        if !on_time.is_empty() || extra == 5 {
+            break (fast, on_time);
+        }
+        extra += 1;
+        at_second_offset(10).await;
+        w.put_user(US, &format!("from-us-extra-{extra}"), "x@example.com")
+            .await?;
+        w.settle().await?;
+    };
+    assert!(
+        !on_time.is_empty() && on_time.iter().all(|l| *l == 0.0),
+        "a 200 ms delay reads 0 when applied within the write's second: {fast:?}"
+    );
     // Local writes are their own pair (the local write-to-stream delay).
     for region in [US, EU] {
         let docs = w.emf(region, "stream-processor");
@@ -1936,6 +1946,55 @@ async fn injected_delays_of_200ms_and_1s_are_told_apart_per_region_pair() -> Res
             !metric_values(&docs, "DeliveryDelay", &[("DestinationRegion", region)]).is_empty()
         );
     }
+    Ok(())
+}
+
+/// The deployed lag alarm of `region` for writes from `peer`.
+fn lag_alarm(w: &World, region: &str, peer: &str) -> Result<String> {
+    let wanted = |a: &tidemark_tests::alarms::Alarm| {
+        a.query.metric() == "ReplicationLag"
+            && matches!(&a.query, tidemark_tests::alarms::Query::Metric { dimensions, .. }
+                if dimensions.get("SourceRegion").map(String::as_str) == Some(peer))
+    };
+    tidemark_tests::alarms::alarms(&w.region(region).wiring)?
+        .into_iter()
+        .find(wanted)
+        .map(|a| a.logical)
+        .ok_or_else(|| anyhow::anyhow!("{region} has no ReplicationLag alarm for {peer}"))
+}
+
+/// A 6 s delay crosses the lag alarm's default threshold (`LagAlarmMilliseconds`, 5,000 ms):
+/// the alarm evaluator, over the stream-processors' EMF, puts that pair's alarm in ALARM once
+/// two minutes breach, while the 200 ms pair stays OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn lag_alarm_fires_when_the_injected_delay_crosses_its_threshold() -> Result<()> {
+    let mut w = World::start(Options::default()).await?;
+    w.set_replication_delay(US, EU, FAST);
+    w.set_replication_delay(EU, US, Duration::from_secs(6));
+    let (slow, fast) = (lag_alarm(&w, US, EU)?, lag_alarm(&w, EU, US)?);
+    for minute in 0..2 {
+        if minute == 1 {
+            // One slow minute of the three is a blip.
+            let e = w.evaluate_alarm(US, &slow, &[])?;
+            assert_eq!(e.state, State::Ok, "{slow}: {e:?}");
+            next_minute().await;
+        }
+        w.put_user(EU, &format!("slow-{minute}"), "s@example.com")
+            .await?;
+        w.put_user(US, &format!("fast-{minute}"), "f@example.com")
+            .await?;
+        w.settle().await?;
+    }
+    assert_eq!(
+        w.get_user(US, "slow-1").await?.as_deref(),
+        Some("s@example.com")
+    );
+    let e = w.evaluate_alarm(US, &slow, &[])?;
+    assert_eq!(e.state, State::Alarm, "{slow}: {e:?}");
+    let e = w.evaluate_alarm(EU, &fast, &[])?;
+    assert_eq!(e.state, State::Ok, "{fast}: {e:?}");
+    assert!(e.datapoints.iter().any(|d| d.value.is_some()), "{e:?}");
     Ok(())
 }
 
