@@ -14,7 +14,7 @@ const US: &str = "us-east-1";
 const EU: &str = "eu-west-1";
 
 /// One `s3:Replication:*` notification of `bucket` (in `region`), as S3 sends it.
-fn notification(
+pub(crate) fn notification(
     region: &str,
     bucket: &str,
     event: &str,
@@ -42,7 +42,7 @@ fn notification(
     .to_string()
 }
 
-async fn send(w: &World, region: &str, body: String) -> Result<()> {
+pub(crate) async fn send(w: &World, region: &str, body: String) -> Result<()> {
     let r = w.region(region);
     r.clients
         .sqs

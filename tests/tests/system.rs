@@ -19,6 +19,8 @@ use tidemark_tests::world::{Options, Stages, World};
 /// `tidemark check --live` against moto (its own file: it shares nothing with the worlds).
 mod live_check;
 
+#[path = "emitted.rs"]
+mod emitted;
 #[path = "replication_events.rs"]
 mod replication_events;
 #[path = "residency.rs"]
