@@ -4,6 +4,7 @@
 
 pub mod alarms;
 pub mod aws;
+pub mod filter;
 pub mod gate;
 pub mod http;
 pub mod proxy;

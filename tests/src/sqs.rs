@@ -20,6 +20,8 @@ pub struct SqsMapping {
     batch_size: usize,
     window: Duration,
     report_failures: bool,
+    /// `FilterCriteria`: messages no filter keeps are deleted without an invocation.
+    filters: crate::filter::Filters,
     /// Messages received (in flight) while the batching window is open.
     held: std::sync::Mutex<Vec<aws_sdk_sqs::types::Message>>,
     window_open: std::sync::Mutex<Option<Instant>>,
@@ -46,6 +48,7 @@ impl SqsMapping {
             batch_size,
             window: Duration::ZERO,
             report_failures: true,
+            filters: crate::filter::Filters::default(),
             held: std::sync::Mutex::default(),
             window_open: std::sync::Mutex::default(),
             log: Arc::default(),
@@ -58,8 +61,8 @@ impl SqsMapping {
         m: &crate::rehearsal::Mapping,
         queue_url: &str,
         function: Arc<dyn Invoke>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self> {
+        Ok(Self {
             clients,
             queue_url: queue_url.to_owned(),
             queue_arn: m.source_arn().to_owned(),
@@ -67,10 +70,11 @@ impl SqsMapping {
             batch_size: m.batch_size(),
             window: Duration::from_secs(m.window_seconds()),
             report_failures: m.reports_item_failures(),
+            filters: crate::filter::Filters::from_properties(&m.logical, &m.properties)?,
             held: std::sync::Mutex::default(),
             window_open: std::sync::Mutex::default(),
             log: Arc::default(),
-        }
+        })
     }
 
     /// The same mapping delivering without waiting for its batching window.
@@ -144,30 +148,11 @@ impl SqsMapping {
     }
 
     async fn deliver(&self, msgs: Vec<aws_sdk_sqs::types::Message>) -> Result<usize> {
-        let records: Vec<Value> = msgs
-            .iter()
-            .map(|m| {
-                let attrs: serde_json::Map<String, Value> = m
-                    .attributes()
-                    .map(|a| {
-                        a.iter()
-                            .map(|(k, v)| (k.as_str().to_owned(), json!(v)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                json!({
-                    "messageId": m.message_id().unwrap_or(""),
-                    "receiptHandle": m.receipt_handle().unwrap_or(""),
-                    "body": m.body().unwrap_or(""),
-                    "attributes": attrs,
-                    "messageAttributes": {},
-                    "md5OfBody": m.md5_of_body().unwrap_or(""),
-                    "eventSource": "aws:sqs",
-                    "eventSourceARN": self.queue_arn,
-                    "awsRegion": self.clients.region,
-                })
-            })
-            .collect();
+        let seen = msgs.len();
+        let (msgs, records) = self.filtered(msgs).await?;
+        if msgs.is_empty() {
+            return Ok(seen);
+        }
         let ids: Vec<String> = msgs
             .iter()
             .map(|m| m.message_id().unwrap_or("").to_owned())
@@ -212,7 +197,50 @@ impl SqsMapping {
                     .await?;
             }
         }
-        Ok(msgs.len())
+        Ok(seen)
+    }
+
+    /// The messages the mapping's filters keep, with their Lambda records; the others are
+    /// deleted, as Lambda deletes the messages its filters drop.
+    async fn filtered(
+        &self,
+        msgs: Vec<aws_sdk_sqs::types::Message>,
+    ) -> Result<(Vec<aws_sdk_sqs::types::Message>, Vec<Value>)> {
+        let mut kept = (Vec::new(), Vec::new());
+        for m in msgs {
+            let attrs: serde_json::Map<String, Value> = m
+                .attributes()
+                .map(|a| {
+                    a.iter()
+                        .map(|(k, v)| (k.as_str().to_owned(), json!(v)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let record = json!({
+                "messageId": m.message_id().unwrap_or(""),
+                "receiptHandle": m.receipt_handle().unwrap_or(""),
+                "body": m.body().unwrap_or(""),
+                "attributes": attrs,
+                "messageAttributes": {},
+                "md5OfBody": m.md5_of_body().unwrap_or(""),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": self.queue_arn,
+                "awsRegion": self.clients.region,
+            });
+            if self.filters.keeps(&record) {
+                kept.0.push(m);
+                kept.1.push(record);
+            } else if let Some(handle) = m.receipt_handle() {
+                self.clients
+                    .sqs
+                    .delete_message()
+                    .queue_url(&self.queue_url)
+                    .receipt_handle(handle)
+                    .send()
+                    .await?;
+            }
+        }
+        Ok(kept)
     }
 
     /// Messages visible plus in flight.

@@ -321,12 +321,14 @@ pub struct MappingSettings {
     pub bisect: bool,
     /// `ReportBatchItemFailures`: without it Lambda ignores the response's failures.
     pub report_failures: bool,
+    /// `FilterCriteria`: records no filter keeps are skipped without an invocation.
+    pub filters: crate::filter::Filters,
 }
 
 impl MappingSettings {
     /// The settings of a stream mapping of the deployed stack.
-    pub fn from_template(m: &crate::rehearsal::Mapping) -> Self {
-        Self {
+    pub fn from_template(m: &crate::rehearsal::Mapping) -> anyhow::Result<Self> {
+        Ok(Self {
             batch_size: m.batch_size(),
             window: Duration::from_secs(m.window_seconds()),
             // -1 (the default) is "until the record expires": bounded here by the test.
@@ -335,7 +337,8 @@ impl MappingSettings {
                 .map_or(u32::MAX, |n| u32::try_from(n).unwrap_or(u32::MAX)),
             bisect: m.flag("BisectBatchOnFunctionError"),
             report_failures: m.reports_item_failures(),
-        }
+            filters: crate::filter::Filters::from_properties(&m.logical, &m.properties)?,
+        })
     }
 }
 
@@ -445,7 +448,10 @@ impl StreamMapping {
     pub async fn pull(&mut self) -> Result<usize> {
         for r in self.reader.poll().await? {
             let rec = self.lambda_record(&r);
-            self.buffer.push_back(rec);
+            // Lambda filters before batching: a dropped record never reaches the function.
+            if self.settings.filters.keeps(&rec) {
+                self.buffer.push_back(rec);
+            }
         }
         Ok(self.buffer.len())
     }

@@ -58,9 +58,9 @@ pub struct Options {
     /// `SecondDeleteDelaySeconds` of the deployed template (the delayed second delete).
     pub second_delete_delay: Option<u32>,
     /// Wait out each mapping's `MaximumBatchingWindowInSeconds` (the template's 1 s) before
-    /// delivering a batch below the batch size, as Lambda does. Off by default: a window
-    /// only delays delivery, and the latency tests (lag, invalidation age, the delayed
-    /// second delete) would measure up to a second per hop of it.
+    /// delivering a batch below the batch size, as Lambda does. On by default; tests that
+    /// count receives or time a held reader against the second delete turn it off and say
+    /// why.
     pub batching_windows: bool,
     /// Shape of the object events the harness delivers.
     pub object_events: Shape,
@@ -84,7 +84,7 @@ impl Default for Options {
             table_replicated: true,
             naive_wiring: false,
             second_delete_delay: None,
-            batching_windows: false,
+            batching_windows: true,
             object_events: Shape::EventBridge,
             residency: false,
             stale_after_seconds: None,
@@ -570,7 +570,7 @@ impl World {
                 &stream_arn,
                 invoke("stream-processor"),
                 {
-                    let mut s = MappingSettings::from_template(stream);
+                    let mut s = MappingSettings::from_template(stream)?;
                     if !options.batching_windows {
                         s.window = Duration::ZERO;
                     }
@@ -587,7 +587,7 @@ impl World {
                         m.source_arn()
                     )
                 })?;
-                let mapping = SqsMapping::from_template(clients.clone(), m, url, invoke(binary));
+                let mapping = SqsMapping::from_template(clients.clone(), m, url, invoke(binary))?;
                 Ok(if options.batching_windows {
                     mapping
                 } else {
@@ -1051,6 +1051,7 @@ mod tests {
     async fn without_batching_windows_each_tick_delivers() -> Result<()> {
         let w = World::start(Options {
             cross_region: false,
+            batching_windows: false,
             ..Options::default()
         })
         .await?;

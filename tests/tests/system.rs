@@ -1203,7 +1203,13 @@ async fn black_holed_cache_times_out_and_leaves_nothing_stale() -> Result<()> {
 /// logged in both regions, and once the cache is back nothing is stale or given up.
 async fn cache_outage(black_hole: bool) -> Result<()> {
     capture_in_process_logs();
-    let mut w = World::start(Options::default()).await?;
+    // Each step delivers at once: the rounds below count receives against the queue's
+    // maxReceiveCount, which a batching window's held receives would blur.
+    let mut w = World::start(Options {
+        batching_windows: false,
+        ..Options::default()
+    })
+    .await?;
     for region in ["us-east-1", "eu-west-1"] {
         w.set_cached(region, "user:down", "stale").await?;
         let gate = &w.region(region).cache_gate;
@@ -1425,6 +1431,9 @@ async fn held_reader(second_delete: Option<u32>) -> Result<(Option<String>, Opti
     let mut w = World::start(Options {
         cross_region: false,
         second_delete_delay: second_delete,
+        // The held reader is timed against the second delete's delay; a batching window
+        // would add up to a second per hop to it.
+        batching_windows: false,
         ..Options::default()
     })
     .await?;
