@@ -28,6 +28,7 @@ pub mod pipeline;
 pub mod ports;
 mod proptests;
 pub mod regions;
+pub mod replay;
 pub mod replication_events;
 pub mod residency;
 mod sample_events;

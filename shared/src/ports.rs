@@ -226,3 +226,47 @@ pub trait TickQueue: Send + Sync {
     /// One message per entry of `delays_s`, each delivered after that many seconds.
     fn send_delayed<'a>(&'a self, delays_s: &'a [u32]) -> BoxFuture<'a, Result<(), PortError>>;
 }
+
+/// One thing a dead-letter store keeps, as `tidemark replay` reads it: a dead-letter entry,
+/// a stream batch the mapping gave up, or a dead-letter queue message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    /// Where it is, for the summary: `s3://bucket/key`, or `<queue url> message <id>`.
+    pub location: String,
+    /// Its name in the store: the S3 key, or the message id.
+    pub id: String,
+    /// What removes or releases it: the S3 key, or the message's receipt handle.
+    pub handle: String,
+    pub body: String,
+}
+
+/// A dead-letter store as replay reads it (an S3 prefix, or an SQS queue in production).
+pub trait KeptRecords: Send + Sync {
+    /// Where the store is, for messages (`s3://bucket/prefix`, or the queue URL).
+    fn name(&self) -> String;
+    /// The next `limit` kept things; empty when everything was read. Messages read stay
+    /// hidden from other readers until removed or released.
+    fn read(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Kept>, PortError>>;
+    /// Removes one (after its replay succeeded).
+    fn remove<'a>(&'a self, kept: &'a Kept) -> BoxFuture<'a, Result<(), PortError>>;
+    /// Gives back what was read and not removed (messages: visible again at once).
+    fn release<'a>(&'a self, kept: &'a [Kept]) -> BoxFuture<'a, Result<(), PortError>>;
+}
+
+/// Whole dead-letter entries kept in S3 behind a pointer message (S3 in production).
+pub trait Overflow: Send + Sync {
+    /// The object's text; `None` when it no longer exists.
+    fn get<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, PortError>>;
+    fn delete<'a>(&'a self, bucket: &'a str, key: &'a str) -> BoxFuture<'a, Result<(), PortError>>;
+}
+
+/// Sends a message body to a queue as it is (SQS SendMessage in production).
+pub trait Requeue: Send + Sync {
+    /// The queue, for messages.
+    fn name(&self) -> String;
+    fn send<'a>(&'a self, body: &'a str) -> BoxFuture<'a, Result<(), PortError>>;
+}

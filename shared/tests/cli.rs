@@ -215,6 +215,8 @@ fn every_command_has_help_and_wrong_usage_exits_2() {
             &["wiring", "--help"][..],
             "tidemark wiring CONFIG TEMPLATE [--check]",
         ),
+        (&["replay", "--help"][..], "A DRY RUN BY DEFAULT"),
+        (&["help", "replay"][..], "invalidation-dlq"),
     ] {
         let out = tidemark(args);
         let (stdout, stderr) = text(&out);
@@ -230,6 +232,11 @@ fn every_command_has_help_and_wrong_usage_exits_2() {
         (
             &["check", "--frobnicate"][..],
             "unknown option `--frobnicate`",
+        ),
+        (&["replay"][..], "--region is required"),
+        (
+            &["replay", "--region", "us-east-1", "--from", "nope"][..],
+            "no store `nope`",
         ),
         (
             &["explain", "--item", "{}"][..],

@@ -561,19 +561,45 @@ impl StreamMapping {
         let n = batch.min(self.buffer.len()).max(1).min(self.buffer.len());
         let dropped: Vec<Value> = self.buffer.drain(..n).collect();
         if let Some((s3, bucket)) = &self.on_failure {
-            let first = dropped
-                .first()
-                .map(|r| r["dynamodb"]["SequenceNumber"].clone())
-                .unwrap_or(Value::Null);
+            let seq = |r: Option<&Value>| {
+                r.map(|r| r["dynamodb"]["SequenceNumber"].clone())
+                    .unwrap_or(Value::Null)
+            };
+            let (first, last) = (seq(dropped.first()), seq(dropped.last()));
+            let now = crate::now_ms();
+            // Lambda's invocation record for an S3 on-failure destination (AWS Lambda
+            // Developer Guide, "Retain discarded records for a DynamoDB event source"): the
+            // SQS/SNS fields plus `payload`, the original invocation event as an escaped
+            // JSON string.
             let doc = json!({
-                "requestContext": {"condition": "RetryAttemptsExhausted", "approximateInvokeCount": self.attempts},
-                "DDBStreamBatchInfo": {"streamArn": self.stream_arn, "startSequenceNumber": first, "batchSize": dropped.len()},
-                "payload": {"Records": dropped},
+                "requestContext": {
+                    "requestId": format!("harness-{now}"),
+                    "functionArn": format!("arn:aws:lambda:{}:123456789012:function:stream-processor", self.region),
+                    "condition": "RetryAttemptsExhausted",
+                    "approximateInvokeCount": self.attempts,
+                },
+                "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+                "version": "1.0",
+                "timestamp": format!("{}Z", utc(now, "-", "T", ":")),
+                "DDBStreamBatchInfo": {
+                    "shardId": SHARD,
+                    "startSequenceNumber": first,
+                    "endSequenceNumber": last,
+                    "batchSize": dropped.len(),
+                    "streamArn": self.stream_arn,
+                },
+                "payload": json!({"Records": dropped}).to_string(),
             });
+            // The documented naming:
+            // aws/lambda/<ESM-UUID>/<shardID>/YYYY/MM/DD/YYYY-MM-DDTHH.MM.SS-<Random UUID>.
+            let date = utc(now, "/", "", "");
             let key = format!(
-                "aws/lambda/{}/{}.json",
+                "aws/lambda/{}/{SHARD}/{}/{}-{}-{}",
                 self.table,
-                first.as_str().unwrap_or("unknown")
+                &date[..10],
+                utc(now, "-", "T", "."),
+                first.as_str().unwrap_or("unknown"),
+                now % 1_000_000
             );
             s3.put_object()
                 .bucket(bucket)
@@ -586,4 +612,34 @@ impl StreamMapping {
         self.limit = self.settings.batch_size;
         Ok(true)
     }
+}
+
+/// The one shard moto's streams have, as the on-failure record names it.
+const SHARD: &str = "shardId-00000001-harness";
+
+/// `ms` as UTC `YYYY<d>MM<d>DD<t>HH<c>MM<c>SS` (civil date from days, Hinnant's algorithm);
+/// with an empty `t` only the date.
+fn utc(ms: u64, d: &str, t: &str, c: &str) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let date = format!("{year:04}{d}{month:02}{d}{day:02}");
+    if t.is_empty() {
+        return date;
+    }
+    let s = secs % 86_400;
+    format!(
+        "{date}{t}{:02}{c}{:02}{c}{:02}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
 }

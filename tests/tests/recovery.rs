@@ -454,3 +454,369 @@ async fn flush_command_travels_through_the_invalidation_queue() -> Result<()> {
     );
     Ok(())
 }
+
+// ------------------------------------------------------------------ replay
+
+use std::sync::Arc;
+use tidemark::adapters::dead_letter::SqsQueue;
+use tidemark::replay::{Replay, Store, Stores, Summary, Verdict};
+use tidemark_tests::world::{Options, Stages, World};
+
+/// `tidemark replay` for `region` of a world: the stores, topics and queues its deployed
+/// stack defines, as the command resolves them by name.
+fn replay_in(w: &World, region: &str, config: tidemark::config::Config) -> Replay {
+    use tidemark::adapters::{
+        alerts::SnsAlerts, dead_letter::S3Kept, object_store::S3ObjectStore, sns::SnsPublisher,
+    };
+    let r = w.region(region);
+    let c = &r.clients;
+    let bucket = &r.dead_letter_bucket;
+    Replay {
+        config,
+        region: region.to_owned(),
+        publisher: Arc::new(SnsPublisher::new(c.sns.clone(), r.topic_arn.clone())),
+        alerts: Arc::new(SnsAlerts::new(c.sns.clone(), r.alert_topic_arn.clone())),
+        labels: Arc::new(tidemark::keyhash::KeyLabels::plain()),
+        objects: Arc::new(S3ObjectStore::new(c.s3.clone())),
+        stores: Stores {
+            dead_letters: Some(Arc::new(S3Kept::new(
+                c.s3.clone(),
+                bucket.clone(),
+                "dead-letter/stream-processor/".into(),
+            ))),
+            given_up: Some(Arc::new(S3Kept::new(
+                c.s3.clone(),
+                r.failure_bucket.clone(),
+                "aws/lambda/".into(),
+            ))),
+            object_dlq: Some(Arc::new(SqsQueue::new(
+                c.sqs.clone(),
+                r.object_dlq_url.clone(),
+            ))),
+            invalidation_dlq: Some(Arc::new(SqsQueue::new(
+                c.sqs.clone(),
+                r.queue_dlq_url.clone(),
+            ))),
+            invalidation_queue: Some(Arc::new(SqsQueue::new(c.sqs.clone(), r.queue_url.clone()))),
+            overflow: Some(Arc::new(S3DeadLetter::new(c.s3.clone(), bucket.clone()))),
+        },
+    }
+}
+
+async fn replay(w: &World, config: tidemark::config::Config, apply: bool) -> Summary {
+    let options = tidemark::replay::Options {
+        apply,
+        from: Store::ALL.to_vec(),
+        limit: None,
+    };
+    replay_in(w, REGION, config)
+        .run(&options, &|_, _, _| {})
+        .await
+}
+
+/// Keys of a bucket under `prefix`.
+async fn keys_under(c: &RegionClients, bucket: &str, prefix: &str) -> Result<Vec<String>> {
+    let out =
+        c.s3.list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .send()
+            .await?;
+    Ok(out
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_owned))
+        .collect())
+}
+
+/// Messages of a queue: visible ones, and all (visible or not).
+async fn visible_and_depth(c: &RegionClients, url: &str) -> Result<(usize, usize)> {
+    use aws_sdk_sqs::types::QueueAttributeName as N;
+    let a = c
+        .sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(N::ApproximateNumberOfMessages)
+        .attribute_names(N::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await?;
+    let get = |n: N| {
+        a.attributes()
+            .and_then(|m| m.get(&n))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    let visible = get(N::ApproximateNumberOfMessages);
+    Ok((
+        visible,
+        visible + get(N::ApproximateNumberOfMessagesNotVisible),
+    ))
+}
+
+async fn depth(c: &RegionClients, url: &str) -> Result<usize> {
+    Ok(visible_and_depth(c, url).await?.1)
+}
+
+const STREAMS_ONLY: Stages = Stages {
+    replication: false,
+    streams: true,
+    invalidator: true,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn replay_restores_what_an_outage_lost() -> Result<()> {
+    let mut w = World::start(Options {
+        cross_region: false,
+        ..Options::default()
+    })
+    .await?;
+    w.pause(REGION, "eu-west-1", true);
+    let config = tidemark::config::Config::load(&w.config_path)?;
+    let stale = [
+        "user:g1",
+        "user-email:g1@example.com",
+        "user:g2",
+        "user-email:g2@example.com",
+        "user:d1",
+        "user-email:d1@example.com",
+    ];
+    for k in stale {
+        w.set_cached(REGION, k, "stale").await?;
+    }
+    let r = w.region(REGION);
+    let (c, bucket, dlq) = (
+        r.clients.clone(),
+        r.failure_bucket.clone(),
+        r.queue_dlq_url.clone(),
+    );
+
+    // 1. SNS refuses for longer than the stream mapping retries: it gives the batch up to
+    //    its S3 on-failure destination.
+    w.proxy.fail("PublishBatch", 503, None);
+    w.put_user(REGION, "g1", "g1@example.com").await?;
+    w.put_user(REGION, "g2", "g2@example.com").await?;
+    let started = Instant::now();
+    while keys_under(&c, &bucket, "aws/lambda/").await?.is_empty() {
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the mapping never gave the batch up"
+        );
+        w.step(STREAMS_ONLY).await?;
+    }
+    w.proxy.clear_faults();
+
+    // 2. The cache is down for longer than the invalidation queue redelivers (5 receives):
+    //    the message lands in the dead-letter queue.
+    w.region(REGION).cache_gate.set_open(false);
+    w.put_user(REGION, "d1", "d1@example.com").await?;
+    let started = Instant::now();
+    while depth(&c, &dlq).await? == 0 {
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the invalidation never reached the dead-letter queue"
+        );
+        w.step(STREAMS_ONLY).await?;
+    }
+    w.region(REGION).cache_gate.set_open(true);
+    w.settle().await?;
+    let cached = w.cached(REGION).await?;
+    for k in stale {
+        assert!(
+            cached.contains(&k.to_owned()),
+            "{k} stale after the outages: {cached:?}"
+        );
+    }
+    let given_up = keys_under(&c, &bucket, "aws/lambda/").await?;
+    assert_eq!(depth(&c, &dlq).await?, 1);
+
+    // 3. A dry run lists what it would replay and changes nothing.
+    let dry = replay(&w, config.clone(), false).await;
+    eprintln!("{dry}");
+    assert_eq!(
+        dry.replayed(),
+        3,
+        "two given-up records and one message:\n{dry}"
+    );
+    assert!(dry.is_clean(), "{dry}");
+    w.settle().await?;
+    assert_eq!(w.cached(REGION).await?, cached, "a dry run deletes no key");
+    assert_eq!(keys_under(&c, &bucket, "aws/lambda/").await?, given_up);
+    assert_eq!(
+        visible_and_depth(&c, &dlq).await?,
+        (1, 1),
+        "the message is back in the queue, visible"
+    );
+
+    // 4. While SNS still refuses, nothing is removed: a thing leaves its store only after
+    //    its invalidations were published.
+    w.proxy.fail("PublishBatch", 503, None);
+    let refused = replay(&w, config.clone(), true).await;
+    w.proxy.clear_faults();
+    assert_eq!(
+        refused.failed(),
+        1,
+        "the given-up batch failed again:\n{refused}"
+    );
+    assert_eq!(keys_under(&c, &bucket, "aws/lambda/").await?, given_up);
+    // (The message needs no SNS: it went back to the invalidation queue.)
+    w.settle().await?;
+    let cached_now = w.cached(REGION).await?;
+    for k in &stale[..4] {
+        assert!(
+            cached_now.contains(&(*k).to_owned()),
+            "{k} deleted without a publish"
+        );
+    }
+
+    // 5. Replay: the given-up batch goes through the stream-processor's pipeline and the
+    //    message back through the invalidation queue; the stale keys are gone.
+    let applied = replay(&w, config.clone(), true).await;
+    assert!(applied.is_clean(), "{applied}");
+    assert_eq!(applied.replayed(), 2, "{applied}");
+    w.settle().await?;
+    let cached = w.cached(REGION).await?;
+    for k in stale {
+        assert!(
+            !cached.contains(&k.to_owned()),
+            "{k} still cached: {cached:?}"
+        );
+    }
+    assert!(keys_under(&c, &bucket, "aws/lambda/").await?.is_empty());
+    assert_eq!(depth(&c, &dlq).await?, 0);
+
+    // 6. A second replay is harmless: nothing is left to replay, fresh values stay.
+    w.set_cached(REGION, "user:g1", "fresh").await?;
+    let again = replay(&w, config, true).await;
+    assert!(again.items.is_empty(), "{again}");
+    w.settle().await?;
+    assert!(w.cached(REGION).await?.contains(&"user:g1".to_owned()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn replay_keeps_a_still_bad_record_in_its_store_with_its_reason() -> Result<()> {
+    let mut w = World::start(Options {
+        cross_region: false,
+        ..Options::default()
+    })
+    .await?;
+    w.pause(REGION, "eu-west-1", true);
+    let orders = format!("orders-{}", w.id);
+    let record = |seq: &str, table: &str, pk: serde_json::Value, email: &str| {
+        json!({
+            "eventID": format!("ev-{seq}"),
+            "eventName": "INSERT",
+            "eventVersion": "1.1",
+            "eventSource": "aws:dynamodb",
+            "awsRegion": REGION,
+            "eventSourceARN": format!("arn:aws:dynamodb:{REGION}:123456789012:table/{table}/stream/2026-01-01T00:00:00.000"),
+            "dynamodb": {
+                "ApproximateCreationDateTime": 1_700_000_000,
+                "Keys": {"pk": pk},
+                "NewImage": {"pk": pk, "email": {"S": email}},
+                "SequenceNumber": seq,
+                "SizeBytes": 10,
+                "StreamViewType": "NEW_AND_OLD_IMAGES",
+            },
+        })
+    };
+    // A record of a table the configuration lacks (fixed by adding it), and a poison record
+    // no configuration can read.
+    let fixable = "910000000000000000001";
+    let poison = "910000000000000000002";
+    w.set_cached(REGION, "order:o1", "stale").await?;
+    let m = &mut w.region_mut(REGION).stream_mapping;
+    m.inject(record(
+        fixable,
+        &orders,
+        json!({"S": "o1"}),
+        "o1@example.com",
+    ));
+    m.step().await?;
+    let table = w.table.clone();
+    let m = &mut w.region_mut(REGION).stream_mapping;
+    m.inject(record(
+        poison,
+        &table,
+        json!({"Q": "x"}),
+        "secret@example.com",
+    ));
+    m.step().await?;
+    w.settle().await?;
+    let r = w.region(REGION);
+    let (c, bucket) = (r.clients.clone(), r.dead_letter_bucket.clone());
+    let kept = keys_under(&c, &bucket, "dead-letter/stream-processor/").await?;
+    assert_eq!(kept.len(), 2, "both rejected: {kept:?}");
+
+    // The fix: the configuration names the table (replay reads it from --config).
+    let text = std::fs::read_to_string(&w.config_path)?;
+    let fixed = format!(
+        "{text}\n[[tables]]\nname = \"{orders}\"\npartition_key = {{ name = \"pk\", type = \"S\" }}\ncache_keys = [\"{}order:{{pk}}\"]\n",
+        w.key_prefix
+    );
+    let config = tidemark::config::Config::parse("fixed.toml", &fixed)?;
+
+    let dry = replay(&w, config.clone(), false).await;
+    assert_eq!((dry.replayed(), dry.still_rejected()), (1, 1), "{dry}");
+    w.settle().await?;
+    assert_eq!(
+        keys_under(&c, &bucket, "dead-letter/").await?,
+        kept,
+        "a dry run removes nothing"
+    );
+    assert!(w.cached(REGION).await?.contains(&"order:o1".to_owned()));
+
+    let applied = replay(&w, config.clone(), true).await;
+    eprintln!("{applied}");
+    assert_eq!(
+        (applied.replayed(), applied.still_rejected()),
+        (1, 1),
+        "{applied}"
+    );
+    let bad = applied
+        .items
+        .iter()
+        .find(|i| matches!(i.verdict, Verdict::StillRejected { .. }))
+        .context("a still-rejected item")?;
+    assert!(
+        bad.location.ends_with(&format!("/seq-{poison}.json")),
+        "{}",
+        bad.location
+    );
+    let Verdict::StillRejected { records } = &bad.verdict else {
+        anyhow::bail!("not rejected: {bad:?}");
+    };
+    assert_eq!(records[0].id, poison);
+    assert!(
+        records[0].reason.contains("unknown attribute type tag `Q`"),
+        "{}",
+        records[0].reason
+    );
+    let shown = format!("{applied}{}", serde_json::to_string(&applied)?);
+    assert!(
+        !shown.contains("secret@example.com"),
+        "a value in the summary: {shown}"
+    );
+    w.settle().await?;
+    assert!(
+        !w.cached(REGION).await?.contains(&"order:o1".to_owned()),
+        "the fixed record's invalidation went out"
+    );
+    let left = keys_under(&c, &bucket, "dead-letter/").await?;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(
+        left[0].ends_with(&format!("/seq-{poison}.json")),
+        "the bad record stays: {left:?}"
+    );
+    // Run again: the bad record is still there, still with its reason; nothing else happens.
+    let again = replay(&w, config, true).await;
+    assert_eq!(
+        (again.replayed(), again.still_rejected()),
+        (0, 1),
+        "{again}"
+    );
+    assert_eq!(keys_under(&c, &bucket, "dead-letter/").await?, left);
+    Ok(())
+}

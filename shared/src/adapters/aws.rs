@@ -38,6 +38,16 @@ pub async fn sdk_config() -> SdkConfig {
         .await
 }
 
+/// [`sdk_config`] for an operator command that names its region (`--region`): the same
+/// timeouts as the functions' clients, so a missing route fails a call instead of hanging.
+pub async fn sdk_config_in(region: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(timeouts())
+        .region(aws_config::Region::new(region.to_owned()))
+        .load()
+        .await
+}
+
 pub fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
     let path_style =
         std::env::var("TIDEMARK_S3_FORCE_PATH_STYLE").is_ok_and(|v| v == "true" || v == "1");
@@ -130,5 +140,12 @@ mod tests {
             Some(OPERATION_ATTEMPT_TIMEOUT)
         );
         assert_eq!(t.operation_timeout(), Some(OPERATION_TIMEOUT));
+    }
+
+    #[tokio::test]
+    async fn operator_commands_get_the_same_timeouts_in_their_region() {
+        let sdk = sdk_config_in("eu-west-1").await;
+        assert_eq!(sdk.timeout_config(), Some(&timeouts()));
+        assert_eq!(sdk.region().map(|r| r.as_ref()), Some("eu-west-1"));
     }
 }

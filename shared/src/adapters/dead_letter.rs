@@ -18,7 +18,7 @@ use sha2::Digest;
 
 use crate::adapters::aws::port_error;
 use crate::error::PortError;
-use crate::ports::{DeadLetter, DeadLetterEntry};
+use crate::ports::{DeadLetter, DeadLetterEntry, Kept, KeptRecords};
 
 /// SQS: largest message body, and largest sum of bodies in one SendMessageBatch (1 MiB
 /// each since 2025; moto enforces the same).
@@ -326,6 +326,248 @@ impl DeadLetter for SqsDeadLetter {
             .collect()
             .await;
             results.into_iter().collect()
+        })
+    }
+}
+
+// ------------------------------------------------------------------ reading them back (replay)
+
+/// Reads one object's text; `None` when it does not exist (any more).
+async fn get_text(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<String>, PortError> {
+    let out = match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(o) => o,
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+        Err(err) => return Err(port_error(&format!("GetObject s3://{bucket}/{key}"), err)),
+    };
+    let bytes = out.body.collect().await.map_err(|e| {
+        PortError::Transient(format!(
+            "GetObject s3://{bucket}/{key}: reading the body: {e}"
+        ))
+    })?;
+    String::from_utf8(bytes.into_bytes().to_vec())
+        .map(Some)
+        .map_err(|_| PortError::Permanent(format!("s3://{bucket}/{key} is not UTF-8 text")))
+}
+
+async fn delete_object(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<(), PortError> {
+    client
+        .delete_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| port_error(&format!("DeleteObject s3://{bucket}/{key}"), e))
+}
+
+impl crate::ports::Overflow for S3DeadLetter {
+    fn get<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, PortError>> {
+        Box::pin(get_text(&self.client, bucket, key))
+    }
+
+    fn delete<'a>(&'a self, bucket: &'a str, key: &'a str) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(delete_object(&self.client, bucket, key))
+    }
+}
+
+/// The objects under one prefix of a bucket, in key order: the stream-processor's dead
+/// letters (`dead-letter/stream-processor/`) or the batches its mapping gave up
+/// (`aws/lambda/`, the S3 on-failure destination). Removing one deletes it (in a versioned
+/// bucket the deleted version stays until the lifecycle rule expires it).
+#[derive(Debug)]
+pub struct S3Kept {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+    /// Where the listing goes on: `None` before the first page.
+    cursor: tokio::sync::Mutex<Option<Option<String>>>,
+}
+
+impl S3Kept {
+    pub fn new(client: aws_sdk_s3::Client, bucket: String, prefix: String) -> Self {
+        Self {
+            client,
+            bucket,
+            prefix,
+            cursor: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl KeptRecords for S3Kept {
+    fn name(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    fn read(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Kept>, PortError>> {
+        Box::pin(async move {
+            let mut cursor = self.cursor.lock().await;
+            let token = match &*cursor {
+                Some(None) => return Ok(Vec::new()), // listed to the end
+                Some(Some(t)) => Some(t.clone()),
+                None => None,
+            };
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&self.prefix)
+                .max_keys(i32::try_from(limit.clamp(1, 1000)).unwrap_or(1000))
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| port_error(&format!("ListObjectsV2 {}", self.name()), e))?;
+            *cursor = Some(page.next_continuation_token().map(str::to_owned));
+            let keys: Vec<String> = page
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned))
+                .collect();
+            let reads: Vec<_> = keys
+                .iter()
+                .map(|k| get_text(&self.client, &self.bucket, k))
+                .collect();
+            let bodies: Vec<Result<Option<String>, PortError>> = futures::stream::iter(reads)
+                .buffered(CONCURRENT_PUTS)
+                .collect()
+                .await;
+            let mut out = Vec::new();
+            for (key, body) in keys.into_iter().zip(bodies) {
+                // Gone since the listing (another replay removed it): nothing to do.
+                if let Some(body) = body? {
+                    out.push(Kept {
+                        location: format!("s3://{}/{key}", self.bucket),
+                        id: key.clone(),
+                        handle: key,
+                        body,
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn remove<'a>(&'a self, kept: &'a Kept) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(delete_object(&self.client, &self.bucket, &kept.handle))
+    }
+
+    fn release<'a>(&'a self, _: &'a [Kept]) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A queue as replay uses it: a dead-letter queue read (messages received stay hidden for
+/// [`READ_VISIBILITY_S`] until deleted or released), or the invalidation queue written to.
+#[derive(Debug, Clone)]
+pub struct SqsQueue {
+    client: aws_sdk_sqs::Client,
+    url: String,
+}
+
+/// How long a message replay read stays hidden from other readers if replay stops before
+/// deleting or releasing it.
+pub const READ_VISIBILITY_S: i32 = 300;
+
+impl SqsQueue {
+    pub fn new(client: aws_sdk_sqs::Client, url: String) -> Self {
+        Self { client, url }
+    }
+}
+
+impl KeptRecords for SqsQueue {
+    fn name(&self) -> String {
+        self.url.clone()
+    }
+
+    fn read(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Kept>, PortError>> {
+        Box::pin(async move {
+            let out = self
+                .client
+                .receive_message()
+                .queue_url(&self.url)
+                .max_number_of_messages(i32::try_from(limit.clamp(1, 10)).unwrap_or(10))
+                .visibility_timeout(READ_VISIBILITY_S)
+                // Long polling asks every server: a short poll can answer empty while
+                // messages remain.
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .map_err(|e| port_error(&format!("ReceiveMessage {}", self.url), e))?;
+            Ok(out
+                .messages()
+                .iter()
+                .map(|m| {
+                    let id = m.message_id().unwrap_or_default().to_owned();
+                    Kept {
+                        location: format!("{} message {id}", self.url),
+                        id,
+                        handle: m.receipt_handle().unwrap_or_default().to_owned(),
+                        body: m.body().unwrap_or_default().to_owned(),
+                    }
+                })
+                .collect())
+        })
+    }
+
+    fn remove<'a>(&'a self, kept: &'a Kept) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async move {
+            self.client
+                .delete_message()
+                .queue_url(&self.url)
+                .receipt_handle(&kept.handle)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| port_error(&format!("DeleteMessage {}", kept.location), e))
+        })
+    }
+
+    fn release<'a>(&'a self, kept: &'a [Kept]) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async move {
+            for k in kept {
+                self.client
+                    .change_message_visibility()
+                    .queue_url(&self.url)
+                    .receipt_handle(&k.handle)
+                    .visibility_timeout(0)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        port_error(&format!("ChangeMessageVisibility {}", k.location), e)
+                    })?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl crate::ports::Requeue for SqsQueue {
+    fn name(&self) -> String {
+        self.url.clone()
+    }
+
+    fn send<'a>(&'a self, body: &'a str) -> BoxFuture<'a, Result<(), PortError>> {
+        Box::pin(async move {
+            self.client
+                .send_message()
+                .queue_url(&self.url)
+                .message_body(body)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| port_error(&format!("SendMessage {}", self.url), e))
         })
     }
 }

@@ -176,6 +176,20 @@ impl CacheStage<'_> {
     }
 }
 
+/// One message body of the invalidation queue (SNS-wrapped or raw) as the invalidator reads
+/// it; `tidemark replay` checks dead-lettered messages with it before sending them back.
+pub fn decode_body(body: &str) -> Result<Work, DecodeError> {
+    // Flush commands are obeyed only as plain queue messages (what `tidemark flush` sends),
+    // never inside an SNS envelope.
+    let body = unwrap_sns(body);
+    if matches!(body, std::borrow::Cow::Borrowed(_))
+        && let Some(command) = FlushCommand::parse(&body)
+    {
+        return command.map(Work::Flush).map_err(DecodeError::Unsupported);
+    }
+    Invalidation::decode(&body).map(Work::Invalidate)
+}
+
 impl crate::lambda::BatchHandler for Invalidator {
     async fn handle(&self, event: &str) -> Result<Vec<String>, String> {
         let raws = split_batch(event).map_err(|e| e.to_string())?;
@@ -198,28 +212,8 @@ impl crate::lambda::BatchHandler for Invalidator {
                 }
             };
             let id = msg.message_id.to_string();
-            // Flush commands are obeyed only as plain queue messages (what `tidemark
-            // flush` sends), never inside an SNS envelope.
-            let body = unwrap_sns(&msg.body);
-            if matches!(body, std::borrow::Cow::Borrowed(_))
-                && let Some(command) = FlushCommand::parse(&body)
-            {
-                return match command {
-                    Ok(c) => Decoded::Ok {
-                        id,
-                        change: Work::Flush(c),
-                    },
-                    Err(reason) => Decoded::Reject {
-                        id: Some(id),
-                        error: DecodeError::Unsupported(reason),
-                    },
-                };
-            }
-            match Invalidation::decode(&body) {
-                Ok(m) => Decoded::Ok {
-                    id,
-                    change: Work::Invalidate(m),
-                },
+            match decode_body(&msg.body) {
+                Ok(change) => Decoded::Ok { id, change },
                 Err(error) => Decoded::Reject {
                     id: Some(id),
                     error,

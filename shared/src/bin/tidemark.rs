@@ -11,6 +11,8 @@ use tidemark::metrics::CATALOG;
 
 #[path = "tidemark/flush.rs"]
 mod flush;
+#[path = "tidemark/replay.rs"]
+mod replay;
 
 const HELP: &str = "\
 tidemark — operator commands for Tidemark (multi-region cache invalidation, replication
@@ -23,6 +25,8 @@ COMMANDS:
     check      Validate the configuration; with --live, also check the deployed account
     explain    Show what Tidemark decides for an item, a stream record or an object
     flush      Delete a source's cache keys by template prefix, after given-up invalidations
+    replay     Re-run what the dead-letter stores keep and publish its invalidations
+               (a dry run unless --apply)
     metrics    Print the metric catalog: name, unit, dimensions, meaning
     wiring     Rewrite (or --check) template.yaml's generated blocks from the configuration
     help       Print this help, or a command's: tidemark help <COMMAND>
@@ -36,6 +40,8 @@ EXAMPLES:
     tidemark check --live --region eu-west-1 tidemark.toml
     tidemark explain --region us-east-1 --item item.json
     tidemark explain --region us-east-1 --object 'eu/red flower.jpg' --tag residency=eu
+    tidemark replay --region eu-west-1 --apply
+    tidemark flush users --region eu-west-1
     tidemark wiring tidemark.toml template.yaml
 ";
 
@@ -150,6 +156,7 @@ fn main() -> ExitCode {
             Some("metrics") => print_help(METRICS_HELP),
             Some("wiring") => print_help(WIRING_HELP),
             Some("flush") => print_help(flush::HELP),
+            Some("replay") => print_help(replay::HELP),
             Some(other) => usage(&format!("no command `{other}`"), HELP),
         },
         Some("-V" | "--version") => {
@@ -161,6 +168,7 @@ fn main() -> ExitCode {
         Some("metrics") if wants_help => print_help(METRICS_HELP),
         Some("wiring") if wants_help => print_help(WIRING_HELP),
         Some("flush") => flush::main(rest),
+        Some("replay") => replay::main(rest),
         Some("check") => check(rest),
         Some("wiring") => match tidemark::wiring::cli(rest) {
             Ok(msg) => {

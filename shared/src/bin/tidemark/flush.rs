@@ -206,10 +206,8 @@ fn what(command: &FlushCommand) -> String {
 }
 
 async fn send(a: &Args, command: &FlushCommand) -> Result<(), String> {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(command.region.clone()))
-        .load()
-        .await;
+    // The functions' SDK timeouts: an unreachable endpoint fails the command, never hangs it.
+    let sdk = tidemark::adapters::aws::sdk_config_in(&command.region).await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let queue_url = match &a.queue_url {
         Some(u) => u.clone(),
