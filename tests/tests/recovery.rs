@@ -820,3 +820,171 @@ async fn replay_keeps_a_still_bad_record_in_its_store_with_its_reason() -> Resul
     assert_eq!(keys_under(&c, &bucket, "dead-letter/").await?, left);
     Ok(())
 }
+
+/// Runs the `tidemark` binary (built with the workspace: `target/debug/tidemark`) against a
+/// world, as an operator would: default credentials chain and endpoint from the
+/// environment, names resolved by the command. Returns (exit code, stdout, stderr).
+async fn tidemark_cli(w: &World, args: &[&str]) -> Result<(i32, String, String)> {
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(
+        |_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        std::path::PathBuf::from,
+    );
+    let bin = target.join("debug/tidemark");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found: build it with `cargo build -p tidemark --bin tidemark`",
+        bin.display()
+    );
+    let out = tokio::process::Command::new(&bin)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("AWS_ENDPOINT_URL", &w.proxy.url)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_MAX_ATTEMPTS", "2")
+        .env("TIDEMARK_S3_FORCE_PATH_STYLE", "true")
+        .output()
+        .await
+        .with_context(|| format!("running {}", bin.display()))?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn the_replay_command_runs_object_events_again_through_the_object_processor() -> Result<()> {
+    let mut w = World::start(Options {
+        cross_region: false,
+        batching_windows: false,
+        ..Options::default()
+    })
+    .await?;
+    w.pause(REGION, "eu-west-1", true);
+    let r = w.region(REGION);
+    let c = r.clients.clone();
+    let (queue, dlq, assets) = (
+        r.object_queue_url.clone(),
+        r.object_dlq_url.clone(),
+        r.bucket.clone(),
+    );
+    w.set_cached(REGION, "doc:a.txt", "stale").await?;
+    w.set_cached(REGION, "asset:b.txt", "stale").await?;
+
+    // 1. An event of a bucket the configuration lacks: rejected into the object-processor's
+    //    dead-letter queue (a dead-letter entry).
+    let docs = format!("docs-{}-{REGION}", w.id);
+    c.create_bucket(&docs, true).await?;
+    let put =
+        c.s3.put_object()
+            .bucket(&docs)
+            .key("a.txt")
+            .body(b"x".to_vec().into())
+            .send()
+            .await?;
+    let event = json!({
+        "version": "0", "id": format!("ev-{}", w.id), "detail-type": "Object Created",
+        "source": "aws.s3", "account": w.account, "time": "2026-01-01T00:00:00Z",
+        "region": REGION, "resources": [format!("arn:aws:s3:::{docs}")],
+        "detail": {"version": "0", "bucket": {"name": docs},
+            "object": {"key": "a.txt", "size": 1, "version-id": put.version_id().unwrap_or_default(),
+                "sequencer": "0055AED6DCD90281E5"},
+            "reason": "PutObject"},
+    });
+    c.sqs
+        .send_message()
+        .queue_url(&queue)
+        .message_body(event.to_string())
+        .send()
+        .await?;
+    w.settle().await?;
+    anyhow::ensure!(
+        depth(&c, &dlq).await? == 1,
+        "the docs event was not dead-lettered"
+    );
+
+    // 2. SNS refuses for longer than the object queue redelivers (5 receives): the event of
+    //    a watched bucket is moved to the dead-letter queue whole by the redrive policy.
+    w.proxy.fail("PublishBatch", 503, None);
+    c.s3.put_object()
+        .bucket(&assets)
+        .key("b.txt")
+        .body(b"y".to_vec().into())
+        .send()
+        .await?;
+    let started = Instant::now();
+    while depth(&c, &dlq).await? < 2 {
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the assets event never reached the dead-letter queue"
+        );
+        w.step(STREAMS_ONLY).await?;
+    }
+    w.proxy.clear_faults();
+    w.settle().await?;
+    let cached = w.cached(REGION).await?;
+    for k in ["doc:a.txt", "asset:b.txt"] {
+        assert!(cached.contains(&k.to_owned()), "{k}: {cached:?}");
+    }
+
+    // The fix: the configuration names the docs bucket.
+    let text = std::fs::read_to_string(&w.config_path)?;
+    let fixed = w.config_path.with_file_name("fixed.toml");
+    std::fs::write(
+        &fixed,
+        format!(
+            "{text}\n[[buckets]]\nname = \"docs\"\nbucket = \"docs-{}-{{region}}\"\ncache_keys = [\"{}doc:{{key}}\"]\n",
+            w.id, w.key_prefix
+        ),
+    )?;
+    let fixed = fixed.display().to_string();
+    let args = [
+        "replay",
+        "--region",
+        REGION,
+        "--config",
+        &fixed,
+        "--from",
+        "object-dlq",
+        "--json",
+    ];
+
+    // 3. The command's dry run: both would be replayed, nothing changes.
+    let (code, out, err) = tidemark_cli(&w, &args).await?;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let dry: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        (dry["applied"].as_bool(), dry["replayed"].as_u64()),
+        (Some(false), Some(2)),
+        "{dry}"
+    );
+    w.settle().await?;
+    assert_eq!(w.cached(REGION).await?, cached, "a dry run deletes no key");
+    assert_eq!(visible_and_depth(&c, &dlq).await?, (2, 2));
+
+    // 4. --apply: both go through the object-processor, their keys leave the cache, the
+    //    queue is empty.
+    let mut apply = args.to_vec();
+    apply.push("--apply");
+    let (code, out, err) = tidemark_cli(&w, &apply).await?;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let done: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        (done["applied"].as_bool(), done["replayed"].as_u64()),
+        (Some(true), Some(2)),
+        "{done}"
+    );
+    w.settle().await?;
+    let cached = w.cached(REGION).await?;
+    for k in ["doc:a.txt", "asset:b.txt"] {
+        assert!(
+            !cached.contains(&k.to_owned()),
+            "{k} still cached: {cached:?}"
+        );
+    }
+    assert_eq!(depth(&c, &dlq).await?, 0);
+    Ok(())
+}
