@@ -561,10 +561,23 @@ async fn sns_outage_loses_nothing() -> Result<()> {
         w.put_user("us-east-1", &format!("o{i}"), &format!("o{i}@example.com"))
             .await?;
     }
-    for _ in 0..4 {
+    // Steps until the mapping has invoked (after its batching window) and seen the
+    // failures: the records are reported as batch item failures, not given up.
+    let failed = |w: &World| {
+        w.region("us-east-1")
+            .stream_mapping
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, r)| r.as_ref().is_ok_and(|f| !f.is_empty()))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !failed(&w) && std::time::Instant::now() < deadline {
         w.step(NO_INVALIDATOR).await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    w.step(NO_INVALIDATOR).await?;
     assert!(
         announced(&w, "us-east-1").await?.is_empty(),
         "nothing published during the outage"
