@@ -94,21 +94,124 @@ impl PortError {
     }
 }
 
-/// Service error codes that say the request can never succeed as made.
-pub fn is_permanent_code(code: &str) -> bool {
-    matches!(
-        code,
-        "InvalidParameter"
-            | "InvalidParameterValue"
-            | "InvalidParameterException"
-            | "ValidationError"
-            | "ValidationException"
-            | "InvalidMessageContents"
-            | "MessageTooLong"
-            | "EntityTooLarge"
-            | "KeyTooLongError"
-            | "InvalidArgument"
-    )
+/// Whom a failed AWS call blames: the HTTP status of the reply (4xx: the request, 5xx: the
+/// service), or, for one entry of a batch reply (SNS PublishBatch), its `SenderFault` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The request as made (a 3xx or 4xx other than 408 and 429; `SenderFault: true`).
+    Request,
+    /// The service, or no one knows (5xx, 408, 429, no reply; `SenderFault: false`).
+    Service,
+}
+
+impl Fault {
+    pub fn from_status(status: u16) -> Self {
+        match status {
+            // Request Timeout and Too Many Requests: try again later, by definition.
+            408 | 429 => Fault::Service,
+            300..=499 => Fault::Request,
+            _ => Fault::Service,
+        }
+    }
+
+    pub fn from_sender_fault(sender_fault: bool) -> Self {
+        if sender_fault {
+            Fault::Request
+        } else {
+            Fault::Service
+        }
+    }
+}
+
+/// Codes that say "try again" whatever the status they come with (several are 4xx):
+/// throttling, timeouts, a clock skew or expired credentials (the SDK corrects its clock and
+/// refreshes credentials on the next attempt), a conflicting operation still in progress,
+/// and server errors reported as codes.
+const TRANSIENT_CODES: &[&str] = &[
+    // Throttling (the AWS SDKs' own list, plus KMS throttling as SNS and SQS report it).
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "SlowDown",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "ProvisionedThroughputExceededException",
+    "KMSThrottling",
+    "KMSThrottlingException",
+    "KMS.ThrottlingException",
+    // Timeouts and work still in progress.
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "PriorRequestNotComplete",
+    "TransactionInProgressException",
+    "TransactionConflictException",
+    "OperationAborted",
+    "ConditionalRequestConflict",
+    // Clock and credentials.
+    "RequestTimeTooSkewed",
+    "RequestExpired",
+    "RequestInTheFuture",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "TokenRefreshRequired",
+    // Server errors.
+    "InternalError",
+    "InternalFailure",
+    "InternalServerError",
+    "InternalServiceError",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+];
+
+/// Validation codes: the request can never succeed as made, whatever fault is reported.
+const PERMANENT_CODES: &[&str] = &[
+    "InvalidParameter",
+    "InvalidParameterValue",
+    "InvalidParameterException",
+    "ValidationError",
+    "ValidationException",
+    "InvalidMessageContents",
+    "MessageTooLong",
+    "EntityTooLarge",
+    "KeyTooLongError",
+    "InvalidArgument",
+];
+
+/// The one classification of a failed AWS call, for every adapter. The rule:
+///
+/// 1. a code in [`TRANSIENT_CODES`] is transient, even with a 4xx status;
+/// 2. a validation code ([`PERMANENT_CODES`]) is permanent;
+/// 3. any other code follows the fault: the request's (4xx: access denied, a missing
+///    bucket or topic, a disabled KMS key) is permanent, since the same call fails the
+///    same way however often it is retried; the service's, or an unknown one (5xx, 408,
+///    429, no reply), is transient.
+///
+/// Unknown server errors are transient on purpose: a wrong "transient" costs bounded
+/// retries, a wrong "permanent" dead-letters a record that a retry would have processed.
+pub fn classify_code(code: &str, fault: Fault) -> Class {
+    if TRANSIENT_CODES.contains(&code) {
+        Class::Transient
+    } else if PERMANENT_CODES.contains(&code) {
+        Class::Permanent
+    } else {
+        match fault {
+            Fault::Request => Class::Permanent,
+            Fault::Service => Class::Transient,
+        }
+    }
+}
+
+impl PortError {
+    /// `text` as a failure of class `class`.
+    pub fn of(class: Class, text: String) -> PortError {
+        match class {
+            Class::Transient => PortError::Transient(text),
+            Class::Permanent => PortError::Permanent(text),
+        }
+    }
 }
 
 /// Why a stage could not finish a record.
@@ -220,9 +323,74 @@ mod tests {
     }
 
     #[test]
-    fn sdk_codes_that_mean_a_bad_request_are_permanent() {
-        assert!(is_permanent_code("InvalidParameter"));
-        assert!(!is_permanent_code("Throttling"));
-        assert!(!is_permanent_code("InternalError"));
+    fn aws_error_codes_are_classed_by_one_table() {
+        use Class::{Permanent as P, Transient as T};
+        // (code, the fault its status or SenderFault reports, expected class)
+        let cases: &[(&str, Fault, Class)] = &[
+            // Throttling, whatever the status.
+            ("Throttling", Fault::from_status(400), T),
+            ("ThrottlingException", Fault::from_status(400), T),
+            ("RequestLimitExceeded", Fault::from_status(400), T),
+            (
+                "ProvisionedThroughputExceededException",
+                Fault::from_status(400),
+                T,
+            ),
+            ("SlowDown", Fault::from_status(503), T),
+            ("TooManyRequestsException", Fault::from_status(429), T),
+            // SNS reports KMS throttling of an encrypted topic as a sender fault.
+            ("KMSThrottling", Fault::from_sender_fault(true), T),
+            ("KMSThrottling", Fault::from_status(400), T),
+            ("KMS.ThrottlingException", Fault::from_status(400), T),
+            // S3: a conflicting operation in progress; clock skew; expired credentials.
+            ("OperationAborted", Fault::from_status(409), T),
+            ("RequestTimeTooSkewed", Fault::from_status(403), T),
+            ("ExpiredToken", Fault::from_status(400), T),
+            ("ExpiredTokenException", Fault::from_status(403), T),
+            ("RequestTimeout", Fault::from_status(400), T),
+            // Server errors.
+            ("InternalError", Fault::from_status(500), T),
+            ("InternalError", Fault::from_sender_fault(false), T),
+            ("ServiceUnavailable", Fault::from_status(503), T),
+            ("ServiceUnavailable", Fault::from_status(403), T),
+            // Unknown codes follow the fault: the service's is transient...
+            ("SomethingNew", Fault::from_status(500), T),
+            ("SomethingNew", Fault::from_status(502), T),
+            ("", Fault::from_status(504), T),
+            ("", Fault::from_status(408), T),
+            ("", Fault::from_status(429), T),
+            ("SomethingNew", Fault::from_sender_fault(false), T),
+            // ...the request's is permanent.
+            ("SomethingNew", Fault::from_status(400), P),
+            ("", Fault::from_status(400), P),
+            ("SomethingNew", Fault::from_sender_fault(true), P),
+            ("AccessDenied", Fault::from_status(403), P),
+            ("AuthorizationError", Fault::from_status(403), P),
+            ("NoSuchBucket", Fault::from_status(404), P),
+            ("NotFound", Fault::from_status(404), P),
+            ("PermanentRedirect", Fault::from_status(301), P),
+            // A disabled or missing KMS key needs an operator: dead-letter for replay.
+            ("KMSDisabled", Fault::from_status(400), P),
+            ("KMSNotFound", Fault::from_status(400), P),
+            ("KMSAccessDenied", Fault::from_status(400), P),
+            ("KMSInvalidState", Fault::from_status(400), P),
+            // Validation codes, even where the fault is the service's.
+            ("InvalidParameter", Fault::from_status(400), P),
+            ("InvalidParameter", Fault::from_sender_fault(false), P),
+            ("ValidationException", Fault::from_status(400), P),
+            ("MessageTooLong", Fault::from_status(400), P),
+            ("EntityTooLarge", Fault::from_status(400), P),
+        ];
+        let wrong: Vec<String> = cases
+            .iter()
+            .filter(|(code, fault, class)| classify_code(code, *fault) != *class)
+            .map(|(code, fault, class)| {
+                format!(
+                    "{code:?} ({fault:?}): expected {class}, found {}",
+                    classify_code(code, *fault)
+                )
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
     }
 }

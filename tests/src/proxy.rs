@@ -233,13 +233,42 @@ async fn serve(
         if let Some(f) = fault {
             tokio::time::sleep(f.latency).await;
             if f.status >= 400 {
-                let body = format!(
-                    "<ErrorResponse><Error><Type>Receiver</Type><Code>ServiceUnavailable</Code><Message>injected by the harness proxy ({op})</Message></Error><RequestId>injected</RequestId></ErrorResponse>"
-                );
+                // A code that matches the status, as the services send: the adapters class
+                // a failure by its code first, then by its status.
+                let (kind, code) = match f.status {
+                    403 => ("Sender", "AccessDenied"),
+                    404 => ("Sender", "NotFound"),
+                    429 => ("Sender", "Throttling"),
+                    400..=499 => ("Sender", "InvalidRequest"),
+                    500 => ("Receiver", "InternalError"),
+                    _ => ("Receiver", "ServiceUnavailable"),
+                };
+                // In each protocol's own error shape, so the SDK reads the code.
+                let message = format!("injected by the harness proxy ({op})");
+                let (content_type, body) = if req.header("x-amz-target").is_some() {
+                    (
+                        "application/x-amz-json-1.0",
+                        serde_json::json!({"__type": code, "message": message}).to_string(),
+                    )
+                } else if op.starts_with("S3:") {
+                    (
+                        "application/xml",
+                        format!(
+                            "<Error><Code>{code}</Code><Message>{message}</Message><RequestId>injected</RequestId></Error>"
+                        ),
+                    )
+                } else {
+                    (
+                        "text/xml",
+                        format!(
+                            "<ErrorResponse><Error><Type>{kind}</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>injected</RequestId></ErrorResponse>"
+                        ),
+                    )
+                };
                 write_response(
                     &mut w,
                     f.status,
-                    &[("content-type", "text/xml".into())],
+                    &[("content-type", content_type.into())],
                     body.as_bytes(),
                 )
                 .await?;

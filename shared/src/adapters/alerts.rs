@@ -7,6 +7,7 @@ use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use futures::future::BoxFuture;
 
 use super::errors::classify;
+use crate::error::{Fault, classify_code};
 use crate::ports::{Alert, Alerts, PortError};
 
 /// SNS PublishBatch takes at most ten entries.
@@ -49,12 +50,12 @@ impl SnsAlerts {
                         f.code(),
                         f.message().unwrap_or("")
                     );
-                    // SNS marks errors caused by the request itself as the sender's fault.
-                    return Err(if f.sender_fault() {
-                        PortError::Permanent(text)
-                    } else {
-                        PortError::Transient(text)
-                    });
+                    // SNS marks errors caused by the request itself as the sender's fault;
+                    // KMS throttling is one too, and is transient.
+                    return Err(PortError::of(
+                        classify_code(f.code(), Fault::from_sender_fault(f.sender_fault())),
+                        text,
+                    ));
                 }
                 if out.successful().iter().any(|s| s.id() == Some(id.as_str())) {
                     Ok(())

@@ -9,7 +9,7 @@ use std::time::Duration;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 
-use crate::error::{PortError, is_permanent_code};
+use crate::error::PortError;
 
 /// TCP + TLS connect to an AWS endpoint. A subnet without a route to the service (no NAT,
 /// no VPC endpoint) fails here instead of hanging until the function times out.
@@ -57,25 +57,16 @@ pub fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(conf)
 }
 
-/// Classifies an AWS SDK failure of `operation` (see [`crate::error`]): a service error
-/// whose code says the request itself is wrong is permanent; throttling, timeouts,
-/// connection failures, server errors and unknown codes are transient (a wrong guess there
-/// costs bounded retries, never a lost record).
-pub fn port_error<E, R>(operation: &str, err: aws_sdk_s3::error::SdkError<E, R>) -> PortError
+/// Classifies an AWS SDK failure of `operation` with [`super::errors::classify`] (the one
+/// rule for every adapter; see [`crate::error::classify_code`]).
+pub fn port_error<E>(
+    operation: &str,
+    err: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> PortError
 where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
-    use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
-    let code = match &err {
-        SdkError::ServiceError(s) => s.err().code().map(str::to_owned),
-        _ => None,
-    };
-    let text = format!("{operation}: {}", DisplayErrorContext(&err));
-    match code.as_deref() {
-        Some(c) if is_permanent_code(c) => PortError::Permanent(text),
-        _ => PortError::Transient(text),
-    }
+    super::errors::classify(operation, "", &err)
 }
 
 #[cfg(test)]

@@ -1,59 +1,44 @@
 //! Classifies SDK failures where they arise: transient (retry the record) or permanent
-//! (dead-letter it with the reason).
+//! (dead-letter it with the reason). Every adapter goes through [`classify`], which applies
+//! the one rule of [`crate::error::classify_code`].
 
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
+use crate::error::{Class, Fault, classify_code};
 use crate::ports::PortError;
 
-/// Error codes that say "try again later" even though their HTTP status is 4xx.
-const TRANSIENT_CODES: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "SlowDown",
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "RequestLimitExceeded",
-    "KMSThrottlingException",
-    "KMS.ThrottlingException",
-    "ProvisionedThroughputExceededException",
-];
-
-/// `op` and `what` (bucket, key, version; or topic) make the message say where it failed.
+/// `op` and `what` (bucket and version; topic; queue) make the message say where it failed.
+/// `what` never holds an item or object key: with `hash_keys_in_alerts` only the key's
+/// label may reach a reason, and the stage that knows the key adds it.
 pub fn classify<E>(op: &str, what: &str, e: &SdkError<E, HttpResponse>) -> PortError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
+    let at = if what.is_empty() {
+        op.to_owned()
+    } else {
+        format!("{op} {what}")
+    };
     match e {
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
             let code = e.code().unwrap_or("");
             let message = e.message().unwrap_or("");
-            let text = format!("{op} {what}: HTTP {status} {code} {message}")
+            let text = format!("{at}: HTTP {status} {code} {message}")
                 .trim_end()
                 .to_owned();
-            if status == 429 || status >= 500 || TRANSIENT_CODES.contains(&code) {
-                PortError::Transient(text)
-            } else {
-                // Access denied, a missing bucket or topic, a disabled key, a bad request:
-                // the same call fails the same way however often it is retried.
-                PortError::Permanent(text)
-            }
+            PortError::of(classify_code(code, Fault::from_status(status)), text)
         }
         // The request could not be built: retrying cannot help.
-        SdkError::ConstructionFailure(_) => PortError::Permanent(format!(
-            "{op} {what}: {}",
-            aws_sdk_s3::error::DisplayErrorContext(e)
-        )),
-        // Timeouts, connection failures, unreadable responses.
-        _ => PortError::Transient(format!(
-            "{op} {what}: {}",
-            aws_sdk_s3::error::DisplayErrorContext(e)
-        )),
+        SdkError::ConstructionFailure(_) => {
+            PortError::Permanent(format!("{at}: {}", DisplayErrorContext(e)))
+        }
+        // Timeouts, connection failures, unreadable responses: no verdict from the service.
+        _ => PortError::of(
+            Class::Transient,
+            format!("{at}: {}", DisplayErrorContext(e)),
+        ),
     }
 }
 

@@ -4,7 +4,7 @@ use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use futures::future::BoxFuture;
 
 use crate::adapters::aws::port_error;
-use crate::error::{PortError, is_permanent_code};
+use crate::error::{Fault, PortError, classify_code};
 use crate::ports::{Outbound, Publish, PublishResult};
 
 #[derive(Debug, Clone)]
@@ -47,7 +47,8 @@ impl Publish for SnsPublisher {
                 .await
                 .map_err(|e| port_error("PublishBatch", e))?;
             // A 200 reply can still fail single entries: match them by id. An entry SNS
-            // refuses as invalid is permanent; throttling and internal errors are not.
+            // refuses as the sender's fault is permanent, unless its code says
+            // "try again" (KMS throttling); internal errors are transient.
             let failed: Vec<(String, PortError)> = out
                 .failed()
                 .iter()
@@ -58,11 +59,10 @@ impl Publish for SnsPublisher {
                         f.code(),
                         f.message().unwrap_or("")
                     );
-                    let e = if is_permanent_code(f.code()) {
-                        PortError::Permanent(text)
-                    } else {
-                        PortError::Transient(text)
-                    };
+                    let e = PortError::of(
+                        classify_code(f.code(), Fault::from_sender_fault(f.sender_fault())),
+                        text,
+                    );
                     (f.id().to_owned(), e)
                 })
                 .collect();
