@@ -633,14 +633,21 @@ impl<'a> StreamRecord<'a> {
         .deserialize(&mut de)
         .and_then(|w| de.end().map(|()| w))
         .map_err(|e| DecodeError::malformed(RECORD, &e))?;
-        // Lambda always sets it; a record from another source is not ours to interpret.
-        if w.event_source
-            .as_deref()
-            .is_some_and(|s| s != "aws:dynamodb")
-        {
-            return Err(DecodeError::Unsupported(
-                "eventSource is not aws:dynamodb".into(),
-            ));
+        // Lambda always sets it: a record without it, or from another source, is not ours
+        // to interpret.
+        match w.event_source.as_deref() {
+            Some("aws:dynamodb") => {}
+            Some(_) => {
+                return Err(DecodeError::Unsupported(
+                    "eventSource is not aws:dynamodb".into(),
+                ));
+            }
+            None => {
+                return Err(DecodeError::Missing {
+                    what: RECORD,
+                    field: "eventSource (expected aws:dynamodb)",
+                });
+            }
         }
         let body = w.dynamodb.ok_or(DecodeError::Missing {
             what: RECORD,
@@ -863,7 +870,10 @@ mod tests {
 
     #[test]
     fn missing_body_is_a_decode_error() {
-        let e = StreamRecord::decode(r#"{"eventID":"x","eventName":"INSERT"}"#).unwrap_err();
+        let e = StreamRecord::decode(
+            r#"{"eventID":"x","eventName":"INSERT","eventSource":"aws:dynamodb"}"#,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("no `dynamodb` body"), "{e}");
     }
 
@@ -880,7 +890,7 @@ mod tests {
 
     #[test]
     fn ttl_delete_is_recognised() {
-        let ttl = r#"{"eventID":"e","eventName":"REMOVE","awsRegion":"us-east-1",
+        let ttl = r#"{"eventID":"e","eventSource":"aws:dynamodb","eventName":"REMOVE","awsRegion":"us-east-1",
           "dynamodb":{"Keys":{"pk":{"S":"a"}},"SequenceNumber":"5"},
           "userIdentity":{"type":"Service","principalId":"dynamodb.amazonaws.com"}}"#;
         assert!(StreamRecord::decode(ttl).unwrap().ttl_delete);
@@ -1058,6 +1068,18 @@ mod tests {
         assert_ne!(other, MODIFY);
         let e = StreamRecord::decode(&other).unwrap_err();
         assert_eq!(e.to_string(), "eventSource is not aws:dynamodb");
+    }
+
+    #[test]
+    fn records_without_an_event_source_are_rejected() {
+        let none = MODIFY.replace(r#""eventSource":"aws:dynamodb","#, "");
+        assert_ne!(none, MODIFY);
+        let e = StreamRecord::decode(&none).unwrap_err();
+        assert_eq!(e.class(), crate::error::Class::Permanent);
+        assert_eq!(
+            e.to_string(),
+            "stream record has no eventSource (expected aws:dynamodb)"
+        );
     }
 
     #[test]

@@ -667,18 +667,17 @@ cache_keys = ["user:{pk}", "user-email:{email}"]
 
     #[test]
     fn modify_with_changed_email_invalidates_old_and_new_key() {
-        let raw = r#"{"eventName":"MODIFY","dynamodb":{"Keys":{"pk":{"S":"1"}},"SequenceNumber":"1",
+        let raw = r#"{"eventSource":"aws:dynamodb","eventName":"MODIFY","dynamodb":{"Keys":{"pk":{"S":"1"}},"SequenceNumber":"1",
           "OldImage":{"pk":{"S":"1"},"email":{"S":"a@x"}},"NewImage":{"pk":{"S":"1"},"email":{"S":"b@x"}}}}"#;
         assert_eq!(keys_of(raw), ["user-email:a@x", "user-email:b@x", "user:1"]);
     }
 
     #[test]
     fn remove_uses_old_image_and_keys_only_streams_still_invalidate_key_templates() {
-        let raw = r#"{"eventName":"REMOVE","dynamodb":{"Keys":{"pk":{"S":"1"}},"SequenceNumber":"1",
+        let raw = r#"{"eventSource":"aws:dynamodb","eventName":"REMOVE","dynamodb":{"Keys":{"pk":{"S":"1"}},"SequenceNumber":"1",
           "OldImage":{"pk":{"S":"1"},"email":{"S":"a@x"}}}}"#;
         assert_eq!(keys_of(raw), ["user-email:a@x", "user:1"]);
-        let keys_only =
-            r#"{"eventName":"REMOVE","dynamodb":{"Keys":{"pk":{"S":"1"}},"SequenceNumber":"1"}}"#;
+        let keys_only = r#"{"eventSource":"aws:dynamodb","eventName":"REMOVE","dynamodb":{"Keys":{"pk":{"S":"1"}},"SequenceNumber":"1"}}"#;
         assert_eq!(keys_of(keys_only), ["user:1"]);
     }
 
@@ -834,7 +833,7 @@ app_attributes = { origin_region = "origin" }
         )
         .unwrap();
         // Deleted in eu-west-1; this is us-east-1's replica stream.
-        let raw = r#"{"eventName":"REMOVE","awsRegion":"us-east-1","dynamodb":{"Keys":{"pk":{"S":"1"}},"SequenceNumber":"1",
+        let raw = r#"{"eventSource":"aws:dynamodb","eventName":"REMOVE","awsRegion":"us-east-1","dynamodb":{"Keys":{"pk":{"S":"1"}},"SequenceNumber":"1",
           "OldImage":{"pk":{"S":"1"},"origin":{"S":"eu-west-1"}}}}"#;
         let p = Refusing(None);
         let mut stage = InvalidationStage::new(&p, "sp", "us-east-1");
@@ -847,7 +846,7 @@ app_attributes = { origin_region = "origin" }
         let cfg = users();
         let email = format!("{}@example.com", "x".repeat(300 * 1024));
         let raw = format!(
-            r#"{{"eventName":"MODIFY","dynamodb":{{"Keys":{{"pk":{{"S":"1"}}}},"SequenceNumber":"1",
+            r#"{{"eventSource":"aws:dynamodb","eventName":"MODIFY","dynamodb":{{"Keys":{{"pk":{{"S":"1"}}}},"SequenceNumber":"1",
               "OldImage":{{"pk":{{"S":"1"}},"email":{{"S":"a@x"}}}},"NewImage":{{"pk":{{"S":"1"}},"email":{{"S":"{email}"}}}}}}}}"#
         );
         let p = Refusing(None);
@@ -948,7 +947,7 @@ cache_keys = ["asset:{key}"]
                 ""
             };
             format!(
-                r#"{{"eventName":"MODIFY","dynamodb":{{"Keys":{{"pk":{{"S":"1"}}}},"SequenceNumber":"1",{old}
+                r#"{{"eventSource":"aws:dynamodb","eventName":"MODIFY","dynamodb":{{"Keys":{{"pk":{{"S":"1"}}}},"SequenceNumber":"1",{old}
                   "NewImage":{{"pk":{{"S":"1"}},"email":{{"S":"b@x"}}}}{view}}}}}"#
             )
         };
@@ -964,7 +963,7 @@ cache_keys = ["asset:{key}"]
             e.to_string().contains("Modify record has no OldImage"),
             "{e}"
         );
-        let keys_only = r#"{"eventName":"REMOVE","dynamodb":{"Keys":{"pk":{"S":"1"}},"SequenceNumber":"1","StreamViewType":"KEYS_ONLY"}}"#;
+        let keys_only = r#"{"eventSource":"aws:dynamodb","eventName":"REMOVE","dynamodb":{"Keys":{"pk":{"S":"1"}},"SequenceNumber":"1","StreamViewType":"KEYS_ONLY"}}"#;
         assert!(check_view(t, &StreamRecord::decode(keys_only).unwrap()).is_err());
 
         // Templates over key attributes only work on any view type.

@@ -20,6 +20,7 @@ use crate::config::Table;
 use crate::ddb::{EventName, Image, StreamRecord};
 use crate::error::StageError;
 use crate::invalidation::TableChange;
+use crate::keyhash::KeyLabels;
 use crate::metrics::{Dim, Metric, Metrics};
 use crate::pipeline::Stage;
 
@@ -87,23 +88,17 @@ pub fn parse_written_at(text: &str, now_ms: u64) -> Option<u64> {
     (ms <= now_ms.saturating_add(MAX_FUTURE_MS)).then_some(ms)
 }
 
-/// The text logs carry for an item key. Keys can carry personal data: with
-/// `hash_keys_in_alerts` the key is withheld (`hashed` is the placeholder until keyed
-/// hashing is available here); every conflict log goes through this one function.
-pub fn key_for_logs(keys: &Image<'_>, hash_keys: bool) -> String {
-    if hash_keys {
-        return "(withheld: hash_keys_in_alerts)".to_owned();
-    }
-    let mut out = String::new();
-    for (name, attr) in &keys.0 {
-        if !out.is_empty() {
-            out.push(',');
-        }
-        out.push_str(name);
-        out.push('=');
-        out.push_str(attr.scalar().as_deref().unwrap_or("?"));
-    }
-    out
+/// An item key as the stream-processor's log lines name it before labelling: `name=value`
+/// per key attribute, in name order (`pk=user#1,sk=2`), the same text as the pipeline's
+/// (`StreamRecord::salvage_key`), so a hashed key joins across log lines.
+pub fn key_text(keys: &Image<'_>) -> String {
+    let mut parts: Vec<String> = keys
+        .0
+        .iter()
+        .map(|(name, attr)| format!("{name}={}", attr.scalar().as_deref().unwrap_or("?")))
+        .collect();
+    parts.sort();
+    parts.join(",")
 }
 
 /// One conflict found in the losing region.
@@ -112,7 +107,8 @@ pub struct Conflict {
     pub source: String,
     pub winner: String,
     pub loser: String,
-    /// The item's key as logs may carry it ([`key_for_logs`]).
+    /// The item's key ([`key_text`]); logged through [`KeyLabels`] (hashed when
+    /// `hash_keys_in_alerts` is on).
     pub key: String,
     pub gap_ms: u64,
     pub lag_ms: u64,
@@ -198,7 +194,7 @@ pub struct LagStage<'c> {
     regions: &'c [String],
     region: &'c str,
     heartbeat_prefix: &'c str,
-    hash_keys: bool,
+    labels: &'c KeyLabels,
     now_ms: u64,
     samples: LagSamples,
     conflicts: Vec<Conflict>,
@@ -207,13 +203,19 @@ pub struct LagStage<'c> {
 
 impl<'c> LagStage<'c> {
     /// `region` is this region; `regions` the deployment's (origin values outside it are
-    /// not measured, which keeps dimension values bounded); `now_ms` the processing time.
-    pub fn new(config: &'c crate::config::Config, region: &'c str, now_ms: u64) -> Self {
+    /// not measured, which keeps dimension values bounded); `now_ms` the processing time;
+    /// `labels` how conflict logs name the item's key.
+    pub fn new(
+        config: &'c crate::config::Config,
+        region: &'c str,
+        labels: &'c KeyLabels,
+        now_ms: u64,
+    ) -> Self {
         Self {
             regions: &config.deployment.regions,
             region,
             heartbeat_prefix: &config.deployment.heartbeat_prefix,
-            hash_keys: config.residency.hash_keys_in_alerts,
+            labels,
             now_ms,
             samples: LagSamples::default(),
             conflicts: Vec::new(),
@@ -327,7 +329,7 @@ impl<'c, 'r> Stage<TableChange<'c, 'r>> for LagStage<'_> {
                     source: t.name.clone(),
                     winner: origin.to_owned(),
                     loser: old_origin.to_owned(),
-                    key: key_for_logs(&c.record.keys, self.hash_keys),
+                    key: key_text(&c.record.keys),
                     gap_ms: old_written.abs_diff(written_at),
                     lag_ms: lag,
                 });
@@ -344,11 +346,20 @@ impl<'c, 'r> Stage<TableChange<'c, 'r>> for LagStage<'_> {
             self.samples.emit(metrics, self.region);
             let mut counts: Vec<(&str, &str, &str, usize)> = Vec::new();
             for c in &self.conflicts {
+                // The key as every stage logs it: plain, or its HMAC when configured (never
+                // the plain key when the secret cannot be read).
+                let key = match self.labels.label(&c.key).await {
+                    Ok(label) => label,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the key-hash secret; the key is left out of the log");
+                        "(hash unavailable)".to_owned()
+                    }
+                };
                 tracing::warn!(
                     source = %c.source,
                     winning_region = %c.winner,
                     losing_region = %c.loser,
-                    key = %c.key,
+                    key = %key,
                     gap_ms = c.gap_ms,
                     lag_ms = c.lag_ms,
                     "concurrent writes from two regions: last writer wins, this region's write was overwritten"
@@ -478,7 +489,7 @@ app_attributes = { origin_region = "origin", written_at_ms = "at" }
         let old = old.map_or(String::new(), |o| format!(r#","OldImage":{o}"#));
         let name = if old.is_empty() { "INSERT" } else { "MODIFY" };
         format!(
-            r#"{{"eventID":"e","eventName":"{name}","awsRegion":"{region}","dynamodb":{{"ApproximateCreationDateTime":{acdt_s},"Keys":{{"pk":{{"S":"u1"}}}},"NewImage":{new}{old},"SequenceNumber":"1"}}}}"#
+            r#"{{"eventID":"e","eventName":"{name}","eventSource":"aws:dynamodb","awsRegion":"{region}","dynamodb":{{"ApproximateCreationDateTime":{acdt_s},"Keys":{{"pk":{{"S":"u1"}}}},"NewImage":{new}{old},"SequenceNumber":"1"}}}}"#
         )
     }
 
@@ -488,8 +499,18 @@ app_attributes = { origin_region = "origin", written_at_ms = "at" }
         now: u64,
         raws: &[String],
     ) -> (Metrics, Vec<Conflict>) {
+        run_with(config, region, now, raws, &KeyLabels::plain()).await
+    }
+
+    async fn run_with(
+        config: &Config,
+        region: &str,
+        now: u64,
+        raws: &[String],
+        labels: &KeyLabels,
+    ) -> (Metrics, Vec<Conflict>) {
         let table = config.table("users").unwrap();
-        let mut stage = LagStage::new(config, region, now);
+        let mut stage = LagStage::new(config, region, labels, now);
         for (i, raw) in raws.iter().enumerate() {
             let record = StreamRecord::decode(raw).unwrap();
             let heartbeat = record
@@ -528,7 +549,7 @@ app_attributes = { origin_region = "origin", written_at_ms = "at" }
         let config = Config::parse("t", CONFIG).unwrap();
         let hb = r#"{"pk":{"S":"tidemark-heartbeat#us-east-1"},"tidemark_written_at_ms":{"N":"1700000000600"}}"#;
         let hb_record = format!(
-            r#"{{"eventID":"h","eventName":"MODIFY","awsRegion":"eu-west-1","dynamodb":{{"ApproximateCreationDateTime":1700000002,"Keys":{{"pk":{{"S":"tidemark-heartbeat#us-east-1"}}}},"NewImage":{hb},"SequenceNumber":"2"}}}}"#
+            r#"{{"eventID":"h","eventSource":"aws:dynamodb","eventName":"MODIFY","awsRegion":"eu-west-1","dynamodb":{{"ApproximateCreationDateTime":1700000002,"Keys":{{"pk":{{"S":"tidemark-heartbeat#us-east-1"}}}},"NewImage":{hb},"SequenceNumber":"2"}}}}"#
         );
         let raws = vec![
             record(
@@ -645,11 +666,78 @@ app_attributes = { origin_region = "origin", written_at_ms = "at" }
         assert!(values(&mut m, "ConcurrentWriteConflict", &[]).is_empty());
     }
 
+    struct Secret;
+    impl crate::ports::SecretSource for Secret {
+        fn read(&self) -> BoxFuture<'_, Result<Vec<u8>, crate::error::PortError>> {
+            Box::pin(async { Ok(b"shared-secret".to_vec()) })
+        }
+    }
+
+    /// Log lines of the conflict found in us-east-1, with `labels`.
+    fn conflict_logs(labels: KeyLabels) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let config = Config::parse("t", CONFIG).unwrap();
+        let raws = vec![record(
+            "us-east-1",
+            1_700_000_001,
+            &image("eu-west-1", 1_700_000_000_040),
+            Some(&image("us-east-1", 1_700_000_000_000)),
+        )];
+        tracing::subscriber::with_default(subscriber, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let (_, c) = rt.block_on(run_with(
+                &config,
+                "us-east-1",
+                1_700_000_001_300,
+                &raws,
+                &labels,
+            ));
+            assert_eq!(c.len(), 1, "{c:?}");
+        });
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
     #[test]
-    fn hashed_keys_are_withheld_from_logs() {
-        let raw = record("r", 1, &image("us-east-1", 1), None);
+    fn conflict_logs_carry_the_keys_label_hashed_when_configured() {
+        let logs = conflict_logs(KeyLabels::hashed(std::sync::Arc::new(Secret)));
+        let hash = crate::keyhash::hmac_sha256_hex(b"shared-secret", b"pk=u1");
+        assert!(logs.contains("concurrent writes"), "{logs}");
+        assert!(logs.contains(&format!("key=hmac-sha256:{hash}")), "{logs}");
+        assert!(!logs.contains("u1"), "{logs}");
+
+        let logs = conflict_logs(KeyLabels::plain());
+        assert!(logs.contains("key=pk=u1"), "{logs}");
+    }
+
+    #[test]
+    fn key_text_is_the_pipelines_in_name_order() {
+        let raw = record("r", 1, &image("us-east-1", 1), None).replace(
+            r#""Keys":{"pk":{"S":"u1"}}"#,
+            r#""Keys":{"sk":{"N":"2"},"pk":{"S":"u1"}}"#,
+        );
         let keys = StreamRecord::decode(&raw).unwrap().keys;
-        assert_eq!(key_for_logs(&keys, false), "pk=u1");
-        assert!(!key_for_logs(&keys, true).contains("u1"));
+        assert_eq!(key_text(&keys), "pk=u1,sk=2");
+        assert_eq!(
+            StreamRecord::salvage_key(&raw).as_deref(),
+            Some("pk=u1,sk=2")
+        );
     }
 }

@@ -315,7 +315,7 @@ mod tests {
 
     fn rec(seq: u32, pk: &str) -> String {
         format!(
-            r#"{{"eventID":"e{seq}","eventName":"INSERT","awsRegion":"us-east-1","dynamodb":{{"Keys":{{"pk":{{"S":"{pk}"}}}},"SequenceNumber":"{seq}"}}}}"#
+            r#"{{"eventID":"e{seq}","eventSource":"aws:dynamodb","eventName":"INSERT","awsRegion":"us-east-1","dynamodb":{{"Keys":{{"pk":{{"S":"{pk}"}}}},"SequenceNumber":"{seq}"}}}}"#
         )
     }
 
@@ -344,7 +344,7 @@ mod tests {
     }
     #[tokio::test]
     async fn poison_record_is_rejected_alone_and_failures_are_reported() {
-        let poison = r#"{"eventID":"p","eventName":"INSERT","dynamodb":{"Keys":{"pk":{"Q":"x"}},"SequenceNumber":"3"}}"#;
+        let poison = r#"{"eventID":"p","eventSource":"aws:dynamodb","eventName":"INSERT","dynamodb":{"Keys":{"pk":{"Q":"x"}},"SequenceNumber":"3"}}"#;
         let batch = format!(
             r#"{{"Records":[{},{},{poison},{}]}}"#,
             rec(1, "a"),
@@ -454,7 +454,7 @@ mod tests {
 
     #[test]
     fn logs_carry_the_hmac_of_a_rejected_records_key_never_the_key() {
-        let poison = r#"{"eventID":"p","eventName":"INSERT","dynamodb":{"Keys":{"pk":{"S":"plain@example.com"}},"NewImage":{"pk":{"S":12}},"SequenceNumber":"3"}}"#;
+        let poison = r#"{"eventID":"p","eventSource":"aws:dynamodb","eventName":"INSERT","dynamodb":{"Keys":{"pk":{"S":"plain@example.com"}},"NewImage":{"pk":{"S":12}},"SequenceNumber":"3"}}"#;
         let batch = format!(r#"{{"Records":[{poison}]}}"#);
         let raws = split_batch(&batch).unwrap();
         let dl = MemoryDeadLetter::default();

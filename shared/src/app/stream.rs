@@ -32,7 +32,12 @@ impl crate::lambda::BatchHandler for StreamProcessor {
         let mut invalidation =
             InvalidationStage::new(self.ports.publisher.as_ref(), FUNCTION, &self.region)
                 .with_max_key_bytes(self.config.deployment.max_cache_key_bytes);
-        let mut lag = LagStage::new(&self.config, &self.region, crate::now_ms());
+        let mut lag = LagStage::new(
+            &self.config,
+            &self.region,
+            &self.ports.labels,
+            crate::now_ms(),
+        );
         let mut residency = ItemResidencyStage::new(
             self.ports.alerts.as_ref(),
             &self.ports.labels,
