@@ -313,7 +313,10 @@ impl<'c> Stage<ObjectEvent<'c>> for ObjectResidencyStage<'_, 'c> {
                 match r {
                     Ok(Some(v)) => violations.push(v),
                     Ok(None) => {}
-                    Err(e) => failed.push((c.index, StageError::Port(e))),
+                    Err(e) => {
+                        let e = about_key(self.labels, &c.key, &e).await;
+                        failed.push((c.index, StageError::Port(e)));
+                    }
                 }
             }
             if violations.is_empty() {
@@ -357,7 +360,7 @@ impl<'c> Stage<ObjectEvent<'c>> for ObjectResidencyStage<'_, 'c> {
                             action = %v.alert.action, permanent = matches!(e, PortError::Permanent(_)), error = %e,
                             "residency action failed"
                         );
-                        failed.push((v.candidate.index, action_failed(&v.alert.action, e)));
+                        failed.push((v.candidate.index, action_failed(&v.alert, e)));
                     }
                 }
             }
@@ -506,8 +509,20 @@ fn alert_failed(a: &Alert, e: &PortError) -> StageError {
     StageError::Port(e.context(&format!("alert {}", a.event_id)))
 }
 
-fn action_failed(action: &str, e: PortError) -> StageError {
-    StageError::Port(e.context(&format!("{action} failed")))
+/// The alert carries the key's label (hashed when configured); the adapter's error text
+/// names no key.
+fn action_failed(a: &Alert, e: PortError) -> StageError {
+    StageError::Port(e.context(&format!("{} failed for key {}", a.action, a.key)))
+}
+
+/// A port error about the object `key`, with the key's label in front: adapters leave keys
+/// out of their error text, and with `hash_keys_in_alerts` only the hash may reach a reason.
+async fn about_key(labels: &KeyLabels, key: &str, e: &PortError) -> PortError {
+    let label = labels
+        .label(key)
+        .await
+        .unwrap_or_else(|_| "(hash unavailable)".to_owned());
+    e.context(&format!("key {label}"))
 }
 
 #[cfg(test)]
@@ -541,7 +556,7 @@ mod tests {
     async fn hashed_item_alert_carries_the_hmac_never_the_key() {
         let config = Config::embedded().unwrap();
         let table = config.table("users").unwrap();
-        let raw = r#"{"eventID":"e1","eventName":"INSERT","awsRegion":"us-east-1","dynamodb":{"Keys":{"pk":{"S":"ada@example.com"}},"NewImage":{"pk":{"S":"ada@example.com"},"home_region":{"S":"eu"}},"SequenceNumber":"42"}}"#;
+        let raw = r#"{"eventID":"e1","eventSource":"aws:dynamodb","eventName":"INSERT","awsRegion":"us-east-1","dynamodb":{"Keys":{"pk":{"S":"ada@example.com"}},"NewImage":{"pk":{"S":"ada@example.com"},"home_region":{"S":"eu"}},"SequenceNumber":"42"}}"#;
         let record = StreamRecord::decode(raw).unwrap();
         let change = TableChange {
             table,

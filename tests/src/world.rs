@@ -68,7 +68,14 @@ pub struct Options {
     pub residency: bool,
     /// `deployment.stale_after_seconds` (the staleness and health-check alarms' threshold).
     pub stale_after_seconds: Option<u64>,
+    /// `residency.hash_keys_in_alerts = true`, with a Secrets Manager secret holding
+    /// [`KEY_HASH_SECRET`] in each region (the template's `KeyHashSecretArn`).
+    pub hash_keys: bool,
 }
+
+/// The HMAC key of [`Options::hash_keys`] worlds: the same in every region, as the README
+/// asks (a key hashes alike everywhere).
+pub const KEY_HASH_SECRET: &str = "tidemark-test-hmac-key";
 
 impl Default for Options {
     fn default() -> Self {
@@ -88,6 +95,7 @@ impl Default for Options {
             object_events: Shape::EventBridge,
             residency: false,
             stale_after_seconds: None,
+            hash_keys: false,
         }
     }
 }
@@ -267,7 +275,7 @@ fn in_process(
                         clients.s3.clone(),
                         var("TIDEMARK_DEAD_LETTER_BUCKET")?,
                     )),
-                    labels: Arc::new(tidemark::keyhash::KeyLabels::plain()),
+                    labels: labels(clients, env),
                     alerts: Arc::new(SnsAlerts::new(
                         clients.sns.clone(),
                         var("TIDEMARK_ALERT_TOPIC_ARN")?,
@@ -294,7 +302,7 @@ fn in_process(
                             var("TIDEMARK_DEAD_LETTER_BUCKET")?,
                         )),
                     )),
-                    labels: Arc::new(tidemark::keyhash::KeyLabels::plain()),
+                    labels: labels(clients, env),
                     alerts: Arc::new(SnsAlerts::new(
                         clients.sns.clone(),
                         var("TIDEMARK_ALERT_TOPIC_ARN")?,
@@ -325,6 +333,27 @@ fn in_process(
         )),
         other => bail!("no in-process handler for {other}"),
     })
+}
+
+/// Key labels as `app::key_labels` builds them: hashed under the deployed
+/// `TIDEMARK_KEY_HASH_SECRET_ARN` when the stack sets it, plain otherwise.
+fn labels(
+    clients: &RegionClients,
+    env: &BTreeMap<String, String>,
+) -> Arc<tidemark::keyhash::KeyLabels> {
+    use tidemark::keyhash::KeyLabels;
+    match env
+        .get("TIDEMARK_KEY_HASH_SECRET_ARN")
+        .filter(|v| !v.is_empty())
+    {
+        Some(arn) => Arc::new(KeyLabels::hashed(Arc::new(
+            tidemark::adapters::secret::SecretsManagerSecret::new(
+                aws_sdk_secretsmanager::Client::new(&clients.sdk),
+                arn.clone(),
+            ),
+        ))),
+        None => Arc::new(KeyLabels::plain()),
+    }
 }
 
 /// The configuration every function of this world loads (`TIDEMARK_CONFIG_PATH`).
@@ -424,6 +453,12 @@ impl World {
         std::fs::create_dir_all(&dir)?;
         let config_path = dir.join("tidemark.toml");
         let mut text = world_config(&id, &table, options.table_replicated);
+        if options.hash_keys {
+            text = text.replace(
+                "unmatched = \"anywhere\"",
+                "unmatched = \"anywhere\"\nhash_keys_in_alerts = true",
+            );
+        }
         if options.residency {
             let (tables, buckets) = RESIDENCY_RULES;
             text = text.replace("[[buckets]]", &format!("{tables}\n[[buckets]]"));
@@ -442,8 +477,24 @@ impl World {
         // What the application owns (the template's parameters): the global table, the
         // replicated bucket, and each region's cache (behind a gate that can fail it).
         let mut owned = Vec::new();
+        let mut key_hash_secrets = Vec::new();
         for r in REGIONS {
             let clients = RegionClients::new(&proxy.url, r).await;
+            // One secret per region, replicated by hand: the same key everywhere.
+            key_hash_secrets.push(if options.hash_keys {
+                aws_sdk_secretsmanager::Client::new(&clients.sdk)
+                    .create_secret()
+                    .name(format!("tidemark-key-hash-{id}"))
+                    .secret_string(KEY_HASH_SECRET)
+                    .send()
+                    .await
+                    .context("create the key-hash secret")?
+                    .arn()
+                    .unwrap_or_default()
+                    .to_owned()
+            } else {
+                String::new()
+            });
             let stream_arn = clients.create_table(&table).await?;
             let bucket = format!("assets-{id}-{r}");
             clients.create_bucket(&bucket, true).await?;
@@ -478,6 +529,7 @@ impl World {
                     "SecondDeleteDelaySeconds",
                     options.second_delete_delay.unwrap_or(0).to_string(),
                 ),
+                ("KeyHashSecretArn", key_hash_secrets[i].clone()),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))

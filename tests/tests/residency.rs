@@ -13,7 +13,7 @@ use tidemark::ports::{Alert, Alerts, ObjectStore, PortError};
 use tidemark_tests::alarms::State;
 use tidemark_tests::aws::RegionClients;
 use tidemark_tests::s3sim::{Shape, list_versions};
-use tidemark_tests::world::{Options, World};
+use tidemark_tests::world::{KEY_HASH_SECRET, Options, World};
 
 const US: &str = "us-east-1";
 const EU: &str = "eu-west-1";
@@ -514,7 +514,14 @@ fn tidemark_tests_stages() -> tidemark_tests::world::Stages {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the emulators: run scripts/test.sh"]
 async fn permanent_action_failures_are_dead_lettered_with_the_reason() -> Result<()> {
-    let mut w = residency_world(Shape::EventBridge).await?;
+    // Keys hashed in logs and alerts: the reasons name the key by its HMAC only.
+    let mut w = World::start(Options {
+        residency: true,
+        object_events: Shape::EventBridge,
+        hash_keys: true,
+        ..Options::default()
+    })
+    .await?;
     // A quarantine bucket that does not exist, and access denied on every version delete.
     let q = w.region(US).quarantine_bucket.clone();
     w.region(US)
@@ -531,7 +538,8 @@ async fn permanent_action_failures_are_dead_lettered_with_the_reason() -> Result
         .await?;
 
     // Never silently skipped: both replicas are still there, each record dead-lettered
-    // once (not retried until the queue gives up) with a reason naming what failed.
+    // once (not retried until the queue gives up) with a reason naming what failed and the
+    // key's HMAC, never the key (the dead-letter entry's record keeps it, for replay).
     assert_eq!(versions(&w, US, "eu/denied.txt").await?.len(), 1);
     assert_eq!(versions(&w, US, "hold/nowhere.txt").await?.len(), 1);
     let r = w.region(US);
@@ -544,17 +552,36 @@ async fn permanent_action_failures_are_dead_lettered_with_the_reason() -> Result
         .collect();
     let reasons: Vec<&str> = dead.iter().filter_map(|d| d["reason"].as_str()).collect();
     assert_eq!(reasons.len(), 2, "{dead:?}");
+    let label = |key: &str| {
+        format!(
+            "hmac-sha256:{}",
+            tidemark::keyhash::hmac_sha256_hex(KEY_HASH_SECRET.as_bytes(), key.as_bytes())
+        )
+    };
     assert!(
         reasons.iter().any(|r| r.contains("delete-replica failed")
             && r.contains("403")
-            && r.contains("eu/denied.txt")),
+            && r.contains(&label("eu/denied.txt"))),
         "{reasons:?}"
     );
     assert!(
-        reasons
-            .iter()
-            .any(|r| r.contains("hold failed") && r.contains(&q)),
+        reasons.iter().any(|r| r.contains("hold failed")
+            && r.contains(&q)
+            && r.contains(&label("hold/nowhere.txt"))),
         "{reasons:?}"
     );
+    for key in ["eu/denied.txt", "hold/nowhere.txt", "denied", "nowhere"] {
+        assert!(
+            reasons.iter().all(|r| !r.contains(key)),
+            "a reason names the key {key:?}: {reasons:?}"
+        );
+    }
+    // The alerts carry the same label.
+    let mut keys: Vec<String> = alerts(&w, US).await?.into_iter().map(|a| a.key).collect();
+    keys.sort();
+    keys.dedup();
+    let mut expected = vec![label("eu/denied.txt"), label("hold/nowhere.txt")];
+    expected.sort();
+    assert_eq!(keys, expected);
     Ok(())
 }

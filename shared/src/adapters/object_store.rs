@@ -45,7 +45,7 @@ impl S3ObjectStore {
         to_bucket: &str,
         to_key: &str,
     ) -> Result<(), PortError> {
-        let what = where_(bucket, key, version);
+        let what = where_(bucket, version);
         // A multipart upload does not copy metadata or tags: carry them over explicitly.
         let head = self
             .client
@@ -141,8 +141,10 @@ impl S3ObjectStore {
     }
 }
 
-fn where_(bucket: &str, key: &str, version: &str) -> String {
-    format!("bucket `{bucket}`, key `{key}`, version `{version}`")
+/// Where a call failed, for its error text: bucket and version, never the object key (keys
+/// can be personal data; the stage puts the key's label, hashed when configured, in front).
+fn where_(bucket: &str, version: &str) -> String {
+    format!("bucket `{bucket}`, version `{version}`")
 }
 
 /// `x-amz-copy-source`: bucket, URL-encoded key, version.
@@ -204,7 +206,7 @@ impl ObjectStore for S3ObjectStore {
                 })),
                 // The version is gone (deleted since the event), or it is a delete marker.
                 Err(e) if matches!(status(&e), Some(404 | 405)) => Ok(None),
-                Err(e) => Err(classify("HeadObject", &where_(bucket, key, version), &e)),
+                Err(e) => Err(classify("HeadObject", &where_(bucket, version), &e)),
             }
         })
     }
@@ -224,7 +226,7 @@ impl ObjectStore for S3ObjectStore {
                 .version_id(version)
                 .send()
                 .await
-                .map_err(|e| classify("GetObjectTagging", &where_(bucket, key, version), &e))?;
+                .map_err(|e| classify("GetObjectTagging", &where_(bucket, version), &e))?;
             Ok(r.tag_set()
                 .iter()
                 .map(|t| (t.key().to_owned(), t.value().to_owned()))
@@ -251,7 +253,7 @@ impl ObjectStore for S3ObjectStore {
                 Ok(_) => Ok(()),
                 // Already gone: the delete is idempotent.
                 Err(e) if status(&e) == Some(404) => Ok(()),
-                Err(e) => Err(classify("DeleteObject", &where_(bucket, key, version), &e)),
+                Err(e) => Err(classify("DeleteObject", &where_(bucket, version), &e)),
             }
         })
     }
@@ -282,7 +284,7 @@ impl ObjectStore for S3ObjectStore {
                 .map_err(|e| {
                     classify(
                         "CopyObject",
-                        &format!("{} to bucket `{to_bucket}`", where_(bucket, key, version)),
+                        &format!("{} to bucket `{to_bucket}`", where_(bucket, version)),
                         &e,
                     )
                 })?;
