@@ -4,6 +4,7 @@
 #
 #   bash scripts/mutants.sh            every break below, then the same tests on the clean tree
 #   bash scripts/mutants.sh NAME...    only these breaks
+#   bash scripts/mutants.sh --check    only check that every break still matches the code
 #
 # For each break: apply it (an exact text replacement, which must match exactly once), run
 # the test that should catch it, require that test to FAIL, restore the file. Finally run
@@ -22,7 +23,7 @@ body-budget-over-sns-limit|shared/src/invalidation.rs|pub const BODY_BUDGET: usi
 requests-ignore-size-limit|shared/src/invalidation.rs|size + s > SNS_MAX_BYTES|size + s > 4 * SNS_MAX_BYTES|test(=many_changes_pack_into_few_messages_under_the_size_limit)
 half-the-usable-size|shared/src/invalidation.rs|pub const ENVELOPE_HEADROOM: usize = 8 * 1024;|pub const ENVELOPE_HEADROOM: usize = 128 * 1024;|test(=many_changes_pack_into_few_messages_under_the_size_limit)
 reject-is-retried|shared/src/pipeline.rs|(id, Outcome::failed(error.class(), error.to_string()), None)|(id, Outcome::Retry(error.to_string()), None)|test(=poison_record_is_dead_lettered_and_neighbours_are_processed)
-reject-logs-the-record|shared/src/pipeline.rs|index = i, reason = %reason, "record rejected");|index = i, record = raws[i].get(), reason = %reason, "record rejected");|test(=poison_record_is_dead_lettered_and_neighbours_are_processed)
+reject-logs-the-record|shared/src/pipeline.rs|index = i, key = %key, reason = %why, "{message}");|index = i, key = %key, record = raws[i].get(), reason = %why, "{message}");|test(=poison_record_is_dead_lettered_and_neighbours_are_processed)
 no-cache-timeouts|shared/src/adapters/cache.rs|.set_connection_timeout(Some(CONNECT_TIMEOUT))\n                .set_response_timeout(Some(RESPONSE_TIMEOUT));|.set_connection_timeout(None)\n                .set_response_timeout(None);|test(=black_holed_cache_times_out_and_leaves_nothing_stale)
 plus-stays-plus|shared/src/objects.rs|b'+' => out.push(b' '),|b'+' => out.push(b'+'),|test(=object_events_invalidate_decoded_keys)
 token-valid-an-hour|shared/src/adapters/iam_auth.rs|pub const TOKEN_LIFETIME: Duration = Duration::from_secs(900);|pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);|test(=iam_token_is_the_presigned_request_botocore_computes)
@@ -32,11 +33,16 @@ iam-cluster-connection-kept-an-hour|shared/src/adapters/cache.rs|pub const IAM_C
 heartbeat-time-frozen|shared/src/app/canary.rs|item.push((WRITTEN_AT.to_owned(), ItemValue::N(now.to_string())));|item.push((WRITTEN_AT.to_owned(), ItemValue::N("1".to_owned())));|test(=paused_replication_grows_the_heartbeat_age_one_way_only)
 naive-invalidation-filtered|tests/src/world.rs|.subscribe(&regions[0].topic_arn, &regions[1].queue_arn, true, None)|.subscribe(&regions[0].topic_arn, &regions[1].queue_arn, true, Some(json!({"replicated": ["false"]})))|test(=naive_cross_region_wiring_leaves_stale_refills)
 eu-stream-not-invalidating|tests/src/world.rs|stream_enabled: !(options.naive_wiring && r == "eu-west-1"),|stream_enabled: r != "eu-west-1",|test(=a_reader_held_across_the_invalidation_leaves_a_stale_refill)
-second-delete-not-delayed|tests/src/world.rs|.create_queue_with_delay(&format!("inval-delayed-{id}"), delay)|.create_queue_with_delay(&format!("inval-delayed-{id}"), 0)|test(=delayed_second_delete_removes_a_held_readers_refill)
+second-delete-not-delayed|template.yaml|      DelaySeconds: !Ref SecondDeleteDelaySeconds|      DelaySeconds: 0|test(=delayed_second_delete_removes_a_held_readers_refill)
 EOF
 )
 
+check_only=0
+if [ "${1:-}" = "--check" ]; then check_only=1; shift; fi
 want=("$@")
+for w in "${want[@]}"; do
+  grep -q "^$w|" <<<"$MUTANTS" || die "no break named $w"
+done
 selected() {
   [ ${#want[@]} -eq 0 ] && return 0
   local w; for w in "${want[@]}"; do [ "$w" = "$1" ] && return 0; done; return 1
@@ -60,6 +66,24 @@ PY
 restore() { [ -f "$1.mutant-orig" ] && mv "$1.mutant-orig" "$1" && touch "$1"; return 0; }
 current=""
 trap '[ -n "$current" ] && restore "$current"' EXIT
+
+# Every selected break must still match the code, exactly once, before anything runs: a
+# break whose text no longer exists would otherwise "survive" nothing and prove nothing.
+stale=0
+while IFS='|' read -r name file old _new _filter; do
+  [ -z "$name" ] && continue
+  selected "$name" || continue
+  n=$(python3 -c 'import sys; print(open(sys.argv[1], encoding="utf-8").read().count(sys.argv[2].replace("\\n", "\n")))' "$file" "$old")
+  if [ "$n" != 1 ]; then
+    printf 'error: break %s: expected its text once in %s, found it %s times: %s\n' "$name" "$file" "$n" "$old" >&2
+    stale=1
+  fi
+done <<<"$MUTANTS"
+[ "$stale" = 0 ] || die "some breaks no longer match the code: repoint them"
+if [ "$check_only" = 1 ]; then
+  echo "every selected break matches the code exactly once"
+  exit 0
+fi
 
 step "emulators"
 bash scripts/env.sh up >/dev/null

@@ -27,6 +27,9 @@ pub struct SqsMapping {
     window_open: std::sync::Mutex<Option<Instant>>,
     /// (message ids of the batch, failed ids or error) per invocation, for tests.
     pub log: InvocationLog,
+    /// While set, the mapping receives nothing (a test orders deliveries by state, not by
+    /// timers: see [`SqsMapping::pause`]).
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl SqsMapping {
@@ -52,6 +55,7 @@ impl SqsMapping {
             held: std::sync::Mutex::default(),
             window_open: std::sync::Mutex::default(),
             log: Arc::default(),
+            paused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -74,7 +78,15 @@ impl SqsMapping {
             held: std::sync::Mutex::default(),
             window_open: std::sync::Mutex::default(),
             log: Arc::default(),
+            paused: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Stops (or resumes) receiving: the messages wait in the queue, as behind a disabled
+    /// mapping. Lets a test deliver a message after some other event whatever the timers.
+    pub fn pause(&self, paused: bool) {
+        self.paused
+            .store(paused, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The same mapping delivering without waiting for its batching window.
@@ -103,6 +115,9 @@ impl SqsMapping {
     }
 
     async fn poll(&self) -> Result<(usize, bool)> {
+        if self.paused.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok((0, false));
+        }
         let mut msgs = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
         while msgs.len() < self.batch_size {
             let r = self

@@ -1437,28 +1437,75 @@ async fn naive_cross_region_wiring_leaves_stale_refills() -> Result<()> {
     Ok(())
 }
 
+/// Steps the world until `done` holds (30 s at most): waits on state, never on a guessed
+/// duration.
+async fn drive_until(w: &mut World, what: &str, done: impl Fn(&World) -> bool) -> Result<()> {
+    let start = std::time::Instant::now();
+    while !done(w) {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "expected {what} within 30 s"
+        );
+        w.step(tidemark_tests::world::Stages::ALL).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Invocations of `m` that succeeded with at least one message, from entry `from` on.
+fn delivered(m: &tidemark_tests::sqs::SqsMapping, from: usize) -> usize {
+    let log = m.log.lock().unwrap();
+    log.iter()
+        .skip(from)
+        .filter(|(ids, r)| !ids.is_empty() && r == &Ok(vec![]))
+        .count()
+}
+
 /// Tidemark's wiring, cold key: a reader in eu-west-1 misses, reads the replica (old value)
 /// and is held by a barrier before its SET; the change replicates and eu-west-1 invalidates
-/// from its own stream; then the reader sets. Returns (cache, replica) afterwards.
+/// from its own stream; then the reader sets. With `second_delete` (the template's
+/// `SecondDeleteDelaySeconds`), the delayed queue's mapping is held until the reader has set
+/// (the order is made by state, not by a race of timers on shared cores), then delivers.
+/// Returns (cache, replica) afterwards.
 async fn held_reader(second_delete: Option<u32>) -> Result<(Option<String>, Option<String>)> {
+    const EU: &str = "eu-west-1";
     let mut w = World::start(Options {
         cross_region: false,
         second_delete_delay: second_delete,
-        // The held reader is timed against the second delete's delay; a batching window
-        // would add up to a second per hop to it.
-        batching_windows: false,
+        // Batching windows stay on, as in Lambda: nothing below is timed against them.
         ..Options::default()
     })
     .await?;
     let (v0, v1) = ("h-v0@x", "h-v1@x");
     w.put_user("us-east-1", "h", v0).await?;
     w.settle().await?;
+    if second_delete.is_some() {
+        // v0's own second delete is delivered first, so only v1's can touch the refill.
+        drive_until(&mut w, "v0's delayed second delete", |w| {
+            w.region(EU)
+                .delayed_mapping
+                .as_ref()
+                .is_some_and(|d| delivered(d, 0) > 0)
+        })
+        .await?;
+    }
+    let delayed = w.region(EU).delayed_mapping.as_ref();
+    anyhow::ensure!(
+        delayed.is_some() == second_delete.is_some(),
+        "expected a delayed second-delete mapping in {EU} exactly when SecondDeleteDelaySeconds is set"
+    );
+    let delayed_before = delayed.map_or(0, |d| {
+        d.pause(true);
+        d.log.lock().unwrap().len()
+    });
+    let invalidations_before = w.region(EU).invalidation_mapping.log.lock().unwrap().len();
+
     let key = format!("{}user:h", w.key_prefix);
     let (read_tx, read_rx) = tokio::sync::oneshot::channel::<Option<String>>();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
     let reader = {
-        let mut c = w.cache("eu-west-1").await?;
-        let ddb = w.region("eu-west-1").clients.dynamodb.clone();
+        let mut c = w.cache(EU).await?;
+        let ddb = w.region(EU).clients.dynamodb.clone();
         let (table, key) = (w.table.clone(), key.clone());
         tokio::spawn(async move {
             let cached: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut c).await?;
@@ -1488,35 +1535,65 @@ async fn held_reader(second_delete: Option<u32>) -> Result<(Option<String>, Opti
     assert_eq!(read_rx.await?.as_deref(), Some(v0), "the reader read v0");
     w.put_user("us-east-1", "h", v1).await?;
     w.settle().await?;
-    assert_eq!(w.get_user("eu-west-1", "h").await?.as_deref(), Some(v1));
-    let first = w
-        .region("eu-west-1")
-        .invalidation_mapping
-        .log
-        .lock()
-        .unwrap()
-        .clone();
+    assert_eq!(w.get_user(EU, "h").await?.as_deref(), Some(v1));
+    // Only what happened after v0 settled: eu-west-1's own invalidation of v1.
+    let after: Vec<_> =
+        w.region(EU).invalidation_mapping.log.lock().unwrap()[invalidations_before..].to_vec();
     assert!(
-        first
+        after
             .iter()
             .any(|(ids, r)| !ids.is_empty() && r == &Ok(vec![])),
-        "eu-west-1 invalidated from its own stream before the reader's SET: {first:?}"
+        "eu-west-1 invalidated v1 from its own stream before the reader's SET: {after:?}"
     );
-    if let Some(d) = &w.region("eu-west-1").delayed_mapping {
-        assert!(
-            d.log.lock().unwrap().is_empty(),
-            "the second delete is still delayed when the reader sets"
+    if let Some(d) = w.region(EU).delayed_mapping.as_ref() {
+        // v1's second delete waits in the deployed queue, which delays every message.
+        let a = w
+            .region(EU)
+            .clients
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&d.queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+            .send()
+            .await?;
+        let attr = |n: &str| {
+            a.attributes()
+                .and_then(|m| m.get(&aws_sdk_sqs::types::QueueAttributeName::from(n)))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        assert_eq!(
+            attr("DelaySeconds"),
+            u64::from(second_delete.unwrap_or(0)),
+            "the deployed second-delete queue delays its messages by SecondDeleteDelaySeconds"
         );
+        assert_eq!(
+            attr("ApproximateNumberOfMessages") + attr("ApproximateNumberOfMessagesDelayed"),
+            1,
+            "v1's second delete is queued, not yet delivered"
+        );
+        assert_eq!(d.log.lock().unwrap().len(), delayed_before);
     }
     go_tx.send(()).ok();
     reader.await??;
-    if let Some(delay) = second_delete {
-        tokio::time::sleep(Duration::from_millis(u64::from(delay) * 1000 + 500)).await;
-        w.settle().await?;
+    let mut c = w.cache(EU).await?;
+    let refilled: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut c).await?;
+    assert_eq!(refilled.as_deref(), Some(v0), "the reader refilled v0");
+    if second_delete.is_some() {
+        if let Some(d) = w.region(EU).delayed_mapping.as_ref() {
+            d.pause(false);
+        }
+        drive_until(&mut w, "v1's delayed second delete", |w| {
+            w.region(EU)
+                .delayed_mapping
+                .as_ref()
+                .is_some_and(|d| delivered(d, delayed_before) > 0)
+        })
+        .await?;
     }
-    let mut c = w.cache("eu-west-1").await?;
+    w.settle().await?;
     let cached: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut c).await?;
-    Ok((cached, w.get_user("eu-west-1", "h").await?))
+    Ok((cached, w.get_user(EU, "h").await?))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1537,7 +1614,9 @@ async fn a_reader_held_across_the_invalidation_leaves_a_stale_refill() -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the emulators: run scripts/test.sh"]
 async fn delayed_second_delete_removes_a_held_readers_refill() -> Result<()> {
-    let (cached, replica) = held_reader(Some(4)).await?;
+    // A short delay is enough: the harness holds the delayed mapping until the reader has
+    // set, and the queue's own delay is read from the deployed queue.
+    let (cached, replica) = held_reader(Some(1)).await?;
     assert_eq!(replica.as_deref(), Some("h-v1@x"));
     assert_eq!(
         cached, None,
