@@ -35,8 +35,10 @@ pub struct ProxyState {
     pub keep: Mutex<HashSet<String>>,
     /// Kept request bodies per operation, in arrival order.
     pub kept: Mutex<HashMap<String, Vec<Vec<u8>>>>,
-    /// (bucket, key) whose current version is a replica.
+    /// (bucket, key) whose current version is a replica (HEAD without a version id).
     pub replicas: Mutex<HashSet<(String, String)>>,
+    /// (bucket, key, version id) of every replica version (HEAD of that version).
+    pub replica_versions: Mutex<HashSet<(String, String, String)>>,
     /// (bucket, `replication` | `notification`) → the configuration document last put.
     pub bucket_configs: Mutex<HashMap<(String, &'static str), Vec<u8>>>,
 }
@@ -138,12 +140,21 @@ impl Proxy {
             .unwrap_or_default()
     }
 
-    pub fn mark_replica(&self, bucket: &str, key: &str) {
+    /// Marks `version` of `key` a replica (and the key's current version, until the next
+    /// mark of that key).
+    pub fn mark_replica(&self, bucket: &str, key: &str, version: Option<&str>) {
         self.state
             .replicas
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert((bucket.to_owned(), key.to_owned()));
+        if let Some(v) = version {
+            self.state
+                .replica_versions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((bucket.to_owned(), key.to_owned(), v.to_owned()));
+        }
     }
 }
 
@@ -176,6 +187,15 @@ fn bucket_config(req: &Message) -> Option<(String, &'static str)> {
         _ => None,
     })?;
     Some((bucket.to_owned(), kind))
+}
+
+/// The `versionId` query parameter of a request path.
+fn version_id(path: &str) -> Option<String> {
+    let query = path.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix("versionId="))
+        .and_then(tidemark::objects::decode_form_key)
 }
 
 fn s3_object(path: &str) -> Option<(String, String)> {
@@ -342,12 +362,22 @@ async fn serve(
                 _ => {}
             }
         }
+        // A HEAD of one version is a replica only if that version is; without a version id
+        // it asks about the key's current version.
         if head
             && let Some(obj) = s3_object(req.path())
-            && s.replicas
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&obj)
+            && match version_id(req.path()) {
+                Some(v) => s
+                    .replica_versions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&(obj.0.clone(), obj.1.clone(), v)),
+                None => s
+                    .replicas
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&obj),
+            }
         {
             resp.set_header("x-amz-replication-status", "REPLICA");
         }

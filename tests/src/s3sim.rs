@@ -1,11 +1,16 @@
 //! TEST CODE: S3 cross-region replication and the S3 events moto does not send.
 //!
-//! * [`S3Replicator`] copies each new object version (body, metadata, tags) from one
-//!   region's bucket to the peer's, and delete markers too; deleting a specific version is
-//!   never replicated (as on AWS). Copies are marked REPLICA at the proxy.
+//! * [`S3Replicator`] copies each new object version (body, user metadata, tags) from one
+//!   region's bucket to the peer's, and delete markers too, each after the direction's
+//!   delay ([`S3Replicator::set_delay`]); deleting a specific version is never replicated
+//!   (as on AWS). Copies are marked REPLICA at the proxy, per version, as S3 CRR marks them
+//!   (`x-amz-replication-status: REPLICA`).
 //! * [`EventFeed`] turns `ListObjectVersions` differences into the events AWS would send,
 //!   with `versionId` and `sequencer`: EventBridge `Object Created` / `Object Deleted`
-//!   (raw keys) or S3 notifications (form-encoded keys), delivered to a queue.
+//!   (raw keys) or S3 notifications (form-encoded keys), delivered to a queue. The event
+//!   time is when the version was written (a replica: when the replicator's PutObject
+//!   returned; otherwise when the feed first saw it), to the second for EventBridge and to
+//!   the ms for notifications, as AWS sends them.
 //!
 //! A notification's key comes from [`NOTIFICATION_KEYS`], written out by hand, never from
 //! Tidemark's own encoder: a harness that encoded with the code under test could not show
@@ -13,6 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde_json::json;
@@ -56,8 +62,24 @@ pub fn notification_key(key: &str) -> Result<String> {
     )
 }
 
-/// (key, version id) pairs the replicators wrote, per bucket: never replicated back.
-pub type ReplicaSet = Arc<Mutex<HashSet<(String, String, String)>>>;
+/// (bucket, key, version id) of every version the replicators wrote (never replicated
+/// back) → when it was written (epoch ms, as its PutObject returned).
+pub type ReplicaSet = Arc<Mutex<HashMap<(String, String, String), u64>>>;
+
+/// One version a replicator copied, with the times that bound its replication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Applied {
+    pub key: String,
+    /// The replica's version id in the destination bucket.
+    pub version: String,
+    /// The source's user metadata, as copied.
+    pub metadata: HashMap<String, String>,
+    /// When the replicator first saw the source version (epoch ms).
+    pub seen_ms: u64,
+    /// Just before the replica's PutObject, and as it returned (epoch ms).
+    pub before_ms: u64,
+    pub after_ms: u64,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Version {
@@ -107,9 +129,14 @@ pub struct S3Replicator {
     from_bucket: String,
     to_bucket: String,
     seen: HashSet<(String, String)>,
+    /// Versions waiting out the delay: when each was first listed.
+    pending: HashMap<(String, String), (Instant, u64)>,
+    delay: Duration,
     replicas: ReplicaSet,
     proxy: Proxy,
     pub paused: bool,
+    /// Every object version copied so far, in order (delete markers not included).
+    pub applied: Arc<Mutex<Vec<S3Applied>>>,
 }
 
 impl S3Replicator {
@@ -127,10 +154,20 @@ impl S3Replicator {
             from_bucket: from_bucket.to_owned(),
             to_bucket: to_bucket.to_owned(),
             seen: HashSet::new(),
+            pending: HashMap::new(),
+            delay: Duration::ZERO,
             replicas,
             proxy,
             paused: false,
+            applied: Arc::default(),
         }
+    }
+
+    /// Replication delay of this direction from now on: a version is copied once this long
+    /// has passed since the replicator first listed it (so at least this long after its
+    /// write).
+    pub fn set_delay(&mut self, delay: Duration) {
+        self.delay = delay;
     }
 
     /// (source region, destination region).
@@ -138,18 +175,31 @@ impl S3Replicator {
         (&self.from.region, &self.to.region)
     }
 
-    /// Copies what is new; returns how many versions it copied.
+    /// Copies what is new and due; returns how many versions it copied plus how many
+    /// still wait out the delay (so a settling world keeps stepping).
     pub async fn step(&mut self) -> Result<usize> {
         if self.paused {
             return Ok(0);
         }
         let mut copied = 0;
+        let mut waiting = 0;
         let mut versions = list_versions(&self.from, &self.from_bucket).await?;
         versions.reverse(); // oldest first within a key
         for v in versions {
-            if !self.seen.insert((v.key.clone(), v.version_id.clone())) {
+            let id = (v.key.clone(), v.version_id.clone());
+            if self.seen.contains(&id) {
                 continue;
             }
+            let (first, seen_ms) = *self
+                .pending
+                .entry(id.clone())
+                .or_insert_with(|| (Instant::now(), crate::now_ms()));
+            if first.elapsed() < self.delay {
+                waiting += 1;
+                continue;
+            }
+            self.pending.remove(&id);
+            self.seen.insert(id);
             let mine = (
                 self.from_bucket.clone(),
                 v.key.clone(),
@@ -159,7 +209,7 @@ impl S3Replicator {
                 .replicas
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .contains(&mine)
+                .contains_key(&mine)
             {
                 continue; // a replica is not replicated back
             }
@@ -172,7 +222,7 @@ impl S3Replicator {
                     .key(&v.key)
                     .send()
                     .await?;
-                r.version_id().map(str::to_owned)
+                r.version_id().map(|v| (v.to_owned(), crate::now_ms()))
             } else {
                 let got = self
                     .from
@@ -212,25 +262,40 @@ impl S3Replicator {
                     .put_object()
                     .bucket(&self.to_bucket)
                     .key(&v.key)
-                    .set_metadata(metadata)
+                    .set_metadata(metadata.clone())
                     .set_content_type(content_type)
                     .body(body.into());
                 if !tagging.is_empty() {
                     put = put.tagging(tagging.join("&"));
                 }
+                let before_ms = crate::now_ms();
                 let r = put.send().await?;
-                self.proxy.mark_replica(&self.to_bucket, &v.key);
-                r.version_id().map(str::to_owned)
+                let after_ms = crate::now_ms();
+                let version = r.version_id().map(str::to_owned);
+                self.proxy
+                    .mark_replica(&self.to_bucket, &v.key, version.as_deref());
+                self.applied
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(S3Applied {
+                        key: v.key.clone(),
+                        version: version.clone().unwrap_or_default(),
+                        metadata: metadata.unwrap_or_default(),
+                        seen_ms,
+                        before_ms,
+                        after_ms,
+                    });
+                version.map(|v| (v, after_ms))
             };
-            if let Some(id) = new_version {
+            if let Some((id, at_ms)) = new_version {
                 self.replicas
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert((self.to_bucket.clone(), v.key.clone(), id));
+                    .insert((self.to_bucket.clone(), v.key.clone(), id), at_ms);
             }
             copied += 1;
         }
-        Ok(copied)
+        Ok(copied + waiting)
     }
 }
 
@@ -248,10 +313,18 @@ pub struct EventFeed {
     shape: Shape,
     known: HashMap<(String, String), bool>,
     sequencer: u64,
+    /// When the replicators wrote their replicas (event times of replica versions).
+    replicas: ReplicaSet,
 }
 
 impl EventFeed {
-    pub fn new(clients: RegionClients, bucket: &str, queue_url: &str, shape: Shape) -> Self {
+    pub fn new(
+        clients: RegionClients,
+        bucket: &str,
+        queue_url: &str,
+        shape: Shape,
+        replicas: ReplicaSet,
+    ) -> Self {
         Self {
             clients,
             bucket: bucket.to_owned(),
@@ -259,7 +332,18 @@ impl EventFeed {
             shape,
             known: HashMap::new(),
             sequencer: 0,
+            replicas,
         }
+    }
+
+    /// When `version` of `key` was written: the replica's PutObject, or now (first seen).
+    fn written_ms(&self, key: &str, version: &str) -> u64 {
+        self.replicas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(self.bucket.clone(), key.to_owned(), version.to_owned()))
+            .copied()
+            .unwrap_or_else(crate::now_ms)
     }
 
     /// Emits events for versions that appeared or disappeared since the last step.
@@ -276,17 +360,18 @@ impl EventFeed {
                     v.key.clone(),
                     v.version_id.clone(),
                     if v.delete_marker { "marker" } else { "created" },
+                    self.written_ms(&v.key, &v.version_id),
                 ));
             }
         }
         for (id, _) in self.known.iter().filter(|(id, _)| !now.contains_key(*id)) {
-            events.push((id.0.clone(), id.1.clone(), "permanent"));
+            events.push((id.0.clone(), id.1.clone(), "permanent", crate::now_ms()));
         }
         self.known = now;
         let n = events.len();
-        for (key, version, what) in events {
+        for (key, version, what, at_ms) in events {
             self.sequencer += 1;
-            let body = self.event(&key, &version, what)?;
+            let body = self.event(&key, &version, what, at_ms)?;
             self.clients
                 .sqs
                 .send_message()
@@ -298,9 +383,13 @@ impl EventFeed {
         Ok(n)
     }
 
-    fn event(&self, key: &str, version: &str, what: &str) -> Result<String> {
+    fn event(&self, key: &str, version: &str, what: &str, at_ms: u64) -> Result<String> {
         let sequencer = format!("{:018X}", self.sequencer);
-        let time = "2026-11-22T12:00:00.000Z";
+        // EventBridge's `time` is to the second; a notification's `eventTime` to the ms.
+        let time = match self.shape {
+            Shape::EventBridge => rfc3339(at_ms / 1000 * 1000, false),
+            Shape::Notification => rfc3339(at_ms, true),
+        };
         match self.shape {
             Shape::EventBridge => {
                 let (detail_type, deletion) = match what {
@@ -343,5 +432,44 @@ impl EventFeed {
                 .to_string())
             }
         }
+    }
+}
+
+/// `2026-11-23T12:00:05Z` (or `…05.250Z` with `millis`) for epoch ms `ms`, UTC.
+pub fn rfc3339(ms: u64, millis: bool) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    if millis {
+        format!(
+            "{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
+            ms % 1000
+        )
+    } else {
+        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0, true), "1970-01-01T00:00:00.000Z");
+        // 2024-02-29 (a leap day) 23:59:59.250 UTC.
+        assert_eq!(rfc3339(1_709_251_199_250, true), "2024-02-29T23:59:59.250Z");
+        assert_eq!(rfc3339(1_709_251_199_250, false), "2024-02-29T23:59:59Z");
+        assert_eq!(rfc3339(1_795_435_205_250, false), "2026-11-23T12:00:05Z");
     }
 }

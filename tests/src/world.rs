@@ -356,6 +356,11 @@ fn labels(
     }
 }
 
+/// User metadata holding an application object's write time in the world's bucket
+/// (`lag.written_at_ms`, not the default, so a test shows the name is honoured); the origin
+/// is the default `origin-region`.
+pub const OBJECT_WRITTEN_AT: &str = "written-at";
+
 /// The configuration every function of this world loads (`TIDEMARK_CONFIG_PATH`).
 pub fn world_config(id: &str, table: &str, replicated: bool) -> String {
     format!(
@@ -382,6 +387,7 @@ bucket = "assets-{id}-{{region}}"
 cache_keys = ["{id}:asset:{{key}}"]
 canary = {{ enabled = true }}
 quarantine_bucket = "quarantine-{id}-{{region}}"
+lag = {{ enabled = true, written_at_ms = "{OBJECT_WRITTEN_AT}" }}
 "#
     )
 }
@@ -449,6 +455,8 @@ impl World {
         let account = unique_account();
         let table = format!("users-{id}");
         let proxy = Proxy::start_in_account(&emulators.moto, Some(account.clone())).await?;
+        // Replica versions and when the replicators wrote them (the event feeds read it).
+        let replica_set: ReplicaSet = Arc::default();
         let dir = std::env::temp_dir().join(format!("tidemark-{id}"));
         std::fs::create_dir_all(&dir)?;
         let config_path = dir.join("tidemark.toml");
@@ -667,6 +675,7 @@ impl World {
                 &bucket,
                 &object_queue_url,
                 options.object_events,
+                replica_set.clone(),
             );
             regions.push(RegionWorld {
                 name: r.to_owned(),
@@ -710,7 +719,6 @@ impl World {
 
         let echoes = Arc::new(EchoFilter::default());
         let versions = Arc::new(Versions::default());
-        let replica_set: ReplicaSet = Arc::default();
         let mut replicators = Vec::new();
         let mut s3_replicators = Vec::new();
         for i in 0..regions.len() {
@@ -1007,6 +1015,35 @@ impl World {
         docs.extend_from_slice(extra);
         let samples = crate::alarms::samples(&docs)?;
         alarm.evaluate(&samples, crate::now_ms() as i64)
+    }
+
+    /// Sets the S3 replication delay of one direction (buckets); others keep theirs.
+    pub fn set_s3_replication_delay(&mut self, from: &str, to: &str, delay: Duration) {
+        for s in self
+            .s3_replicators
+            .iter_mut()
+            .filter(|s| s.route() == (from, to))
+        {
+            s.set_delay(delay);
+        }
+    }
+
+    /// Writes an application object in `region` with the metadata object lag reads
+    /// (`origin-region`, [`OBJECT_WRITTEN_AT`] = now); returns its write time (epoch ms).
+    pub async fn put_app_object(&self, region: &str, key: &str) -> Result<u64> {
+        let r = self.region(region);
+        let written_at = crate::now_ms();
+        r.clients
+            .s3
+            .put_object()
+            .bucket(&r.bucket)
+            .key(key)
+            .metadata("origin-region", region)
+            .metadata(OBJECT_WRITTEN_AT, written_at.to_string())
+            .body(b"x".to_vec().into())
+            .send()
+            .await?;
+        Ok(written_at)
     }
 
     /// Sets the replication delay of one direction (tables); others keep theirs.

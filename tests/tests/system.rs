@@ -21,6 +21,8 @@ mod live_check;
 
 #[path = "emitted.rs"]
 mod emitted;
+#[path = "object_lag.rs"]
+mod object_lag;
 #[path = "replication_events.rs"]
 mod replication_events;
 #[path = "residency.rs"]
