@@ -333,20 +333,29 @@ fn resources(config: &Config) -> String {
             );
         }
     }
-    // One lag alarm per table that emits ReplicationLag (heartbeats, or both app
-    // attributes) and peer, on the catalog's exact dimension set; p99 needs every sample
-    // (EMF value arrays), and no samples means no writes from that peer (not breaching:
-    // silence is the stall alarm's job).
-    for t in config.tables.iter().filter(|t| {
+    // One lag alarm per source that emits ReplicationLag (tables: heartbeats, or both app
+    // attributes; buckets: heartbeat objects, or `lag.enabled`) and peer, on the catalog's
+    // exact dimension set; p99 needs every sample (EMF value arrays), and no samples means
+    // no writes from that peer (not breaching: silence is the stall alarm's job).
+    let lag_tables = config.tables.iter().filter(|t| {
         t.canary.enabled
             || (t.app_attributes.origin_region.is_some()
                 && t.app_attributes.written_at_ms.is_some())
-    }) {
-        let name = &t.name;
+    });
+    let lag_buckets = config
+        .buckets
+        .iter()
+        .filter(|b| b.replicated && (b.canary.enabled || b.lag.enabled));
+    // S3 replication takes seconds to minutes (RTC's objective is 15 minutes): buckets have
+    // their own threshold.
+    for (name, threshold) in lag_tables
+        .map(|t| (&t.name, "LagAlarmMilliseconds"))
+        .chain(lag_buckets.map(|b| (&b.name, "ObjectLagAlarmMilliseconds")))
+    {
         for r in &d.regions {
             let _ = write!(
                 s,
-                "  ReplicationLag{ls}From{lr}:\n    Type: AWS::CloudWatch::Alarm\n    Condition: Peer{lr}\n    Properties:\n      AlarmName: !Sub \"tidemark-${{AWS::Region}}-replication-lag-{name}-from-{r}\"\n      AlarmDescription: !Sub \"Replication of {name} from {r} into ${{AWS::Region}} is slow (p99 ReplicationLag). Runbook: README.md#runbook-replicationlag\"\n      Namespace: !FindInMap [Tidemark, Settings, Namespace]\n      MetricName: ReplicationLag\n      Dimensions:\n        - {{ Name: Source, Value: {name} }}\n        - {{ Name: SourceRegion, Value: {r} }}\n        - {{ Name: DestinationRegion, Value: !Ref AWS::Region }}\n      ExtendedStatistic: p99\n      Period: 60\n      EvaluationPeriods: 3\n      DatapointsToAlarm: 2\n      Threshold: !Ref LagAlarmMilliseconds\n      ComparisonOperator: GreaterThanThreshold\n      TreatMissingData: notBreaching\n      AlarmActions: [!Ref AlertTopic]\n      OKActions: [!Ref AlertTopic]\n\n",
+                "  ReplicationLag{ls}From{lr}:\n    Type: AWS::CloudWatch::Alarm\n    Condition: Peer{lr}\n    Properties:\n      AlarmName: !Sub \"tidemark-${{AWS::Region}}-replication-lag-{name}-from-{r}\"\n      AlarmDescription: !Sub \"Replication of {name} from {r} into ${{AWS::Region}} is slow (p99 ReplicationLag). Runbook: README.md#runbook-replicationlag\"\n      Namespace: !FindInMap [Tidemark, Settings, Namespace]\n      MetricName: ReplicationLag\n      Dimensions:\n        - {{ Name: Source, Value: {name} }}\n        - {{ Name: SourceRegion, Value: {r} }}\n        - {{ Name: DestinationRegion, Value: !Ref AWS::Region }}\n      ExtendedStatistic: p99\n      Period: 60\n      EvaluationPeriods: 3\n      DatapointsToAlarm: 2\n      Threshold: !Ref {threshold}\n      ComparisonOperator: GreaterThanThreshold\n      TreatMissingData: notBreaching\n      AlarmActions: [!Ref AlertTopic]\n      OKActions: [!Ref AlertTopic]\n\n",
                 ls = logical(name),
                 lr = logical(r),
             );
@@ -616,6 +625,7 @@ mod tests {
             "HeartbeatStallAssetsFromUsEast1:",
             "ReplicationLagOrdersFromApSouth1:",
             "ReplicationLagUsersFromEuWest1:",
+            "ReplicationLagMediaFromApSouth1:",
             "sns:ap-south-1:${AWS::AccountId}:tidemark-invalidations-ap-south-1",
             "PeerApSouth1: !Not [!Equals [!Ref AWS::Region, ap-south-1]]",
             "Sid: DeleteVersionsMedia",
