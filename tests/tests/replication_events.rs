@@ -231,3 +231,85 @@ async fn failure_event_of_an_unwatched_bucket_is_dead_lettered_with_the_reason()
     );
     Ok(())
 }
+
+/// When the object-processor of `region` counted an `event` (the EMF timestamp, epoch ms).
+fn counted_at(w: &World, region: &str, event: &str) -> Option<i64> {
+    w.emf(region, "object-processor")
+        .iter()
+        .filter(|d| d.get("ReplicationFailures").is_some() && d["Event"] == event)
+        .filter_map(|d| d["_aws"]["Timestamp"].as_i64())
+        .max()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn a_failure_event_puts_the_buckets_replication_failures_alarm_in_alarm() -> Result<()> {
+    use tidemark_tests::alarms::{self, State};
+    let mut w = World::start(Options::default()).await?;
+    let source_bucket = w.region(US).bucket.clone();
+    let destination = w.region(EU).bucket.clone();
+    let data = |failure: Option<&str>| {
+        let mut d = json!({
+            "replicationRuleId": "assets-to-eu",
+            "destinationBucket": format!("arn:aws:s3:::{destination}"),
+            "s3Operation": "OBJECT_PUT",
+            "requestTime": "2026-11-23T12:00:00.000Z",
+        });
+        if let Some(f) = failure {
+            d["failureReason"] = json!(f);
+        }
+        d
+    };
+    // The deployed alarm of this world's bucket, as generated into the template.
+    let alarm = alarms::alarm(&w.region(US).wiring, "ReplicationFailuresAssets")?;
+    // CloudWatch evaluates the alarm every minute; the minute that holds the count is the
+    // one that decides, so each evaluation is at the count's own timestamp.
+    let state_at = |w: &World, region: &str, at: i64| -> Result<State> {
+        let samples = alarms::samples(&w.emf(region, ""))?;
+        Ok(alarm.evaluate(&samples, at)?.state)
+    };
+
+    // No failure event: a threshold event of the same bucket is counted (another Event
+    // value) and the alarm stays OK.
+    send(
+        &w,
+        US,
+        notification(
+            US,
+            &source_bucket,
+            "OperationMissedThreshold",
+            "a.png",
+            "v-late",
+            data(None),
+        ),
+    )
+    .await?;
+    w.settle().await?;
+    let at =
+        counted_at(&w, US, "OperationMissedThreshold").expect("the threshold event was counted");
+    assert_eq!(state_at(&w, US, at)?, State::Ok);
+
+    // A failure event: ALARM in the source region, where S3 delivers it.
+    send(
+        &w,
+        US,
+        notification(
+            US,
+            &source_bucket,
+            "OperationFailedReplication",
+            "a.png",
+            "v-failed",
+            data(Some("AssumeRoleNotPermitted")),
+        ),
+    )
+    .await?;
+    w.settle().await?;
+    let at =
+        counted_at(&w, US, "OperationFailedReplication").expect("the failure event was counted");
+    assert_eq!(state_at(&w, US, at)?, State::Alarm);
+    // The destination region's alarm of the same bucket sees nothing.
+    let eu_alarm = alarms::alarm(&w.region(EU).wiring, "ReplicationFailuresAssets")?;
+    let eu_samples = alarms::samples(&w.emf(EU, ""))?;
+    assert_eq!(eu_alarm.evaluate(&eu_samples, at)?.state, State::Ok);
+    Ok(())
+}
