@@ -2054,12 +2054,14 @@ async fn injected_delays_of_200ms_and_1s_are_told_apart_per_region_pair() -> Res
     Ok(())
 }
 
-/// The deployed lag alarm of `region` for writes from `peer`.
+/// The deployed lag alarm of `region` for writes of the world's table from `peer` (the
+/// bucket has lag alarms of its own).
 fn lag_alarm(w: &World, region: &str, peer: &str) -> Result<String> {
     let wanted = |a: &tidemark_tests::alarms::Alarm| {
         a.query.metric() == "ReplicationLag"
             && matches!(&a.query, tidemark_tests::alarms::Query::Metric { dimensions, .. }
-                if dimensions.get("SourceRegion").map(String::as_str) == Some(peer))
+                if dimensions.get("SourceRegion").map(String::as_str) == Some(peer)
+                    && dimensions.get("Source") == Some(&w.table))
     };
     tidemark_tests::alarms::alarms(&w.region(region).wiring)?
         .into_iter()
