@@ -169,3 +169,53 @@ async fn object_lag_reflects_the_injected_s3_replication_delay_per_direction() -
     assert!(eu.clients.drain(&eu.object_dlq_url).await?.is_empty());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn peers_heartbeat_objects_feed_object_lag_per_direction() -> Result<()> {
+    let mut w = World::start(Options::default()).await?;
+    w.set_s3_replication_delay(US, EU, FAST);
+    w.set_s3_replication_delay(EU, US, SLOW);
+    let config = tidemark::config::Config::load(&w.config_path)?;
+    for canary in super::world_canaries(&w, &config, None).await {
+        canary
+            .run_tick()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {e}", canary.region))?;
+    }
+    w.settle().await?;
+    for (from, to, delay) in [(US, EU, FAST), (EU, US, SLOW)] {
+        // The peer's heartbeat object, as the replica here holds it (real state).
+        let copy = applied(&w, from, to)
+            .into_iter()
+            .find(|a| a.key == format!("tidemark-heartbeat/{from}"))
+            .unwrap_or_else(|| panic!("{from} → {to}: the heartbeat object replicated"));
+        let written: u64 = copy.metadata["tidemark_written_at_ms"].parse()?;
+        let docs = w.emf(to, "object-processor");
+        let d = [
+            ("Source", "assets"),
+            ("SourceRegion", from),
+            ("DestinationRegion", to),
+        ];
+        assert_eq!(
+            values(&docs, "ReplicationLag", &d),
+            [(copy.after_ms / 1000 * 1000).saturating_sub(written) as f64],
+            "{from} → {to}: {copy:?}"
+        );
+        let e2e = values(&docs, "EndToEndLag", &d);
+        assert!(
+            e2e.len() == 1 && e2e[0] >= delay.as_millis() as f64,
+            "{from} → {to}: {e2e:?}"
+        );
+        // A region's own heartbeat object is no replication.
+        assert!(
+            values(
+                &docs,
+                "ReplicationLag",
+                &[("Source", "assets"), ("SourceRegion", to)]
+            )
+            .is_empty()
+        );
+    }
+    Ok(())
+}
