@@ -238,6 +238,9 @@ pub struct Kept {
     /// What removes or releases it: the S3 key, or the message's receipt handle.
     pub handle: String,
     pub body: String,
+    /// Why its body could not be read (then `body` is empty): a permanent error skips this
+    /// one thing, a transient one fails it; the store's other things go on.
+    pub unreadable: Option<crate::error::PortError>,
 }
 
 /// A dead-letter store as replay reads it (an S3 prefix, or an SQS queue in production).

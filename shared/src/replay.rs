@@ -518,6 +518,24 @@ pub fn given_up_records(body: &str) -> Result<Vec<String>, String> {
     Ok(raws.iter().map(|r| r.get().to_owned()).collect())
 }
 
+/// Why a given-up flush command is not sent again: what it was, and when it was asked for.
+fn flush_skipped(command: &crate::flush::FlushCommand) -> String {
+    use aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
+    let at = i64::try_from(command.requested_at_ms)
+        .ok()
+        .and_then(|ms| DateTime::from_millis(ms).fmt(DateTimeFormat::DateTime).ok())
+        .unwrap_or_else(|| format!("{} ms", command.requested_at_ms));
+    let what = if command.all {
+        "every key".to_owned()
+    } else {
+        format!("{} prefixes", command.prefixes.len())
+    };
+    format!(
+        "a flush command of {} ({what}) requested at {at}, left in its queue: run `tidemark flush` again if still wanted",
+        command.source
+    )
+}
+
 fn stream_id(raw: &str) -> Option<String> {
     StreamRecord::salvage_id(raw)
 }
@@ -680,7 +698,7 @@ impl Replay {
                 records: 0,
                 verdict: Verdict::Failed {
                     reason: format!(
-                        "releasing {} messages failed; they reappear after {} s: {e}",
+                        "releasing the {} messages read and kept: those not released reappear after {} s: {e}",
                         held.len(),
                         crate::adapters::dead_letter::READ_VISIBILITY_S
                     ),
@@ -702,6 +720,22 @@ impl Replay {
     /// Reads a kept thing into the records to run.
     async fn prepare(&self, store: Store, kept: Kept) -> Prepared {
         let mut pointer = None;
+        if let Some(e) = &kept.unreadable {
+            // One unreadable object is that object's verdict, not the store's.
+            let records = Err(match e {
+                PortError::Permanent(why) => Verdict::Skipped {
+                    reason: format!("unreadable: {why}"),
+                },
+                PortError::Transient(why) => Verdict::Failed {
+                    reason: format!("reading it: {why}"),
+                },
+            });
+            return Prepared {
+                kept,
+                pointer,
+                records,
+            };
+        }
         let records = match store {
             Store::GivenUp => given_up_records(&kept.body).or_else(skip),
             Store::DeadLetters => match serde_json::from_str::<DeadLetterEntry>(&kept.body) {
@@ -883,13 +917,23 @@ impl Replay {
                 };
             }
         };
-        if let Err(e) = crate::app::invalidator::decode_body(&body) {
-            return Verdict::StillRejected {
-                records: vec![Rejected {
-                    id,
-                    reason: e.to_string(),
-                }],
-            };
+        match crate::app::invalidator::decode_body(&body) {
+            Err(e) => {
+                return Verdict::StillRejected {
+                    records: vec![Rejected {
+                        id,
+                        reason: e.to_string(),
+                    }],
+                };
+            }
+            // A flush the invalidator gave up may be old, and may empty the whole cache:
+            // only the operator decides to run it again. It stays in its queue.
+            Ok(crate::app::invalidator::Work::Flush(command)) => {
+                return Verdict::Skipped {
+                    reason: flush_skipped(&command),
+                };
+            }
+            Ok(crate::app::invalidator::Work::Invalidate(_)) => {}
         }
         if !options.apply {
             return Verdict::Replayed;

@@ -239,6 +239,10 @@ fn every_command_has_help_and_wrong_usage_exits_2() {
             "no store `nope`",
         ),
         (
+            &["replay", "--region", "us-east-1", "--limit", "0"][..],
+            "--limit: 0 would replay nothing",
+        ),
+        (
             &["explain", "--item", "{}"][..],
             "--region REGION is required",
         ),

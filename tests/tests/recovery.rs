@@ -749,6 +749,26 @@ async fn replay_keeps_a_still_bad_record_in_its_store_with_its_reason() -> Resul
     let (c, bucket) = (r.clients.clone(), r.dead_letter_bucket.clone());
     let kept = keys_under(&c, &bucket, "dead-letter/stream-processor/").await?;
     assert_eq!(kept.len(), 2, "both rejected: {kept:?}");
+    // An object that is not text, listed before the kept records: it is skipped (named, with
+    // the reason), and the records after it are still replayed.
+    let garbage = "dead-letter/stream-processor/0-unreadable.json".to_owned();
+    c.s3.put_object()
+        .bucket(&bucket)
+        .key(&garbage)
+        .body(vec![0xff_u8, 0xfe, 0x00, 0x80].into())
+        .send()
+        .await?;
+    let kept: Vec<String> = std::iter::once(garbage.clone()).chain(kept).collect();
+    // A flush command the invalidator gave up (it may be days old and empty the whole
+    // cache): never sent again by replay, named in the summary, left in its queue.
+    let dlq = r.queue_dlq_url.clone();
+    let flush = tidemark::flush::FlushCommand::new(&table, REGION, Vec::new(), true);
+    c.sqs
+        .send_message()
+        .queue_url(&dlq)
+        .message_body(serde_json::to_string(&flush)?)
+        .send()
+        .await?;
 
     // The fix: the configuration names the table (replay reads it from --config).
     let text = std::fs::read_to_string(&w.config_path)?;
@@ -759,7 +779,12 @@ async fn replay_keeps_a_still_bad_record_in_its_store_with_its_reason() -> Resul
     let config = tidemark::config::Config::parse("fixed.toml", &fixed)?;
 
     let dry = replay(&w, config.clone(), false).await;
-    assert_eq!((dry.replayed(), dry.still_rejected()), (1, 1), "{dry}");
+    eprintln!("{dry}");
+    assert_eq!(
+        (dry.replayed(), dry.still_rejected(), dry.skipped()),
+        (1, 1, 2),
+        "{dry}"
+    );
     w.settle().await?;
     assert_eq!(
         keys_under(&c, &bucket, "dead-letter/").await?,
@@ -774,6 +799,39 @@ async fn replay_keeps_a_still_bad_record_in_its_store_with_its_reason() -> Resul
         (applied.replayed(), applied.still_rejected()),
         (1, 1),
         "{applied}"
+    );
+    let skipped = |what: &str| {
+        applied
+            .items
+            .iter()
+            .find(|i| i.location.contains(what))
+            .map(|i| i.verdict.clone())
+    };
+    let Some(Verdict::Skipped { reason }) = skipped(&garbage) else {
+        anyhow::bail!("the unreadable object is not skipped:\n{applied}");
+    };
+    assert!(reason.contains("not UTF-8"), "{reason}");
+    assert_eq!(
+        applied.requeued, 0,
+        "the flush command was sent again:\n{applied}"
+    );
+    let flush_item = applied
+        .items
+        .iter()
+        .find(|i| i.store == Store::InvalidationDlq)
+        .context("the flush command's item")?;
+    let Verdict::Skipped { reason } = &flush_item.verdict else {
+        anyhow::bail!("the flush command is not skipped:\n{applied}");
+    };
+    assert!(
+        reason.contains(&format!("a flush command of {table}"))
+            && reason.contains("run `tidemark flush` again if still wanted"),
+        "{reason}"
+    );
+    assert_eq!(
+        visible_and_depth(&c, &dlq).await?,
+        (1, 1),
+        "the flush command stays in its queue, visible"
     );
     let bad = applied
         .items
@@ -805,9 +863,10 @@ async fn replay_keeps_a_still_bad_record_in_its_store_with_its_reason() -> Resul
         "the fixed record's invalidation went out"
     );
     let left = keys_under(&c, &bucket, "dead-letter/").await?;
-    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(left[0], garbage, "the unreadable object stays: {left:?}");
     assert!(
-        left[0].ends_with(&format!("/seq-{poison}.json")),
+        left[1].ends_with(&format!("/seq-{poison}.json")),
         "the bad record stays: {left:?}"
     );
     // Run again: the bad record is still there, still with its reason; nothing else happens.

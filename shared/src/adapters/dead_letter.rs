@@ -445,15 +445,20 @@ impl KeptRecords for S3Kept {
                 .await;
             let mut out = Vec::new();
             for (key, body) in keys.into_iter().zip(bodies) {
-                // Gone since the listing (another replay removed it): nothing to do.
-                if let Some(body) = body? {
-                    out.push(Kept {
-                        location: format!("s3://{}/{key}", self.bucket),
-                        id: key.clone(),
-                        handle: key,
-                        body,
-                    });
-                }
+                let (body, unreadable) = match body {
+                    Ok(Some(body)) => (body, None),
+                    // Gone since the listing (another replay removed it): nothing to do.
+                    Ok(None) => continue,
+                    // This object's failure, not the page's: the others are still read.
+                    Err(e) => (String::new(), Some(e)),
+                };
+                out.push(Kept {
+                    location: format!("s3://{}/{key}", self.bucket),
+                    id: key.clone(),
+                    handle: key,
+                    body,
+                    unreadable,
+                });
             }
             Ok(out)
         })
@@ -515,6 +520,7 @@ impl KeptRecords for SqsQueue {
                         id,
                         handle: m.receipt_handle().unwrap_or_default().to_owned(),
                         body: m.body().unwrap_or_default().to_owned(),
+                        unreadable: None,
                     }
                 })
                 .collect())
@@ -536,19 +542,38 @@ impl KeptRecords for SqsQueue {
 
     fn release<'a>(&'a self, kept: &'a [Kept]) -> BoxFuture<'a, Result<(), PortError>> {
         Box::pin(async move {
+            // Every message is released even when one fails: the others need not wait
+            // for their hiding to run out.
+            let mut failed: Vec<PortError> = Vec::new();
             for k in kept {
-                self.client
+                if let Err(e) = self
+                    .client
                     .change_message_visibility()
                     .queue_url(&self.url)
                     .receipt_handle(&k.handle)
                     .visibility_timeout(0)
                     .send()
                     .await
-                    .map_err(|e| {
-                        port_error(&format!("ChangeMessageVisibility {}", k.location), e)
-                    })?;
+                {
+                    failed.push(port_error(
+                        &format!("ChangeMessageVisibility {}", k.location),
+                        e,
+                    ));
+                }
             }
-            Ok(())
+            let count = failed.len();
+            match failed.into_iter().next() {
+                None => Ok(()),
+                Some(first) => {
+                    let text = |t: String| {
+                        format!("{count} of {} releases failed, first: {t}", kept.len())
+                    };
+                    Err(match first {
+                        PortError::Transient(t) => PortError::Transient(text(t)),
+                        PortError::Permanent(t) => PortError::Permanent(text(t)),
+                    })
+                }
+            }
         })
     }
 }

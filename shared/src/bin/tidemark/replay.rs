@@ -126,10 +126,13 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
             }
             "--limit" => {
                 let v = value("--limit")?;
-                a.limit = Some(
-                    v.parse()
-                        .map_err(|_| format!("--limit: `{v}` is not a number"))?,
-                );
+                let n: usize = v
+                    .parse()
+                    .map_err(|_| format!("--limit: `{v}` is not a number"))?;
+                if n == 0 {
+                    return Err("--limit: 0 would replay nothing (expected at least 1)".into());
+                }
+                a.limit = Some(n);
             }
             "--config" => a.config = Some(value("--config")?.into()),
             "--bucket" => a.bucket = Some(value("--bucket")?),
