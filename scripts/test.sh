@@ -35,6 +35,10 @@ summary=$(grep -E 'Summary .* tests? run: ' "$STATE/nextest.log" | tail -n 1)
 passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$summary")
 [ -n "$passed" ] && [ "$passed" -gt 0 ] || die "the test run reported no passed tests"
 
+step "simulation: a seeded 20 s run with every fault (the binaries built above)"
+cargo build -q -p tidemark-tests --bin tidemark-sim
+target/debug/tidemark-sim --duration 20 --seed 7 --report "$STATE/sim-report.json"
+
 step "template: sam validate --lint, cfn-lint, checkov, deploy properties"
 sam validate --lint
 cfn-lint template.yaml

@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod rehearsal;
 pub mod runtime;
 pub mod s3sim;
+pub mod sim;
 pub mod sqs;
 pub mod streams;
 pub mod world;

@@ -1,0 +1,178 @@
+//! `tidemark-sim`'s options.
+
+use std::path::PathBuf;
+
+use super::faults::Fault;
+
+pub const HELP: &str = "\
+tidemark-sim — local two-region simulation of Tidemark (us-east-1 <-> eu-west-1)
+
+Drives a seeded workload against two simulated regions (moto + one redis-server per region,
+the stacks deployed from template.yaml), injects faults mid-run, keeps a ledger of every
+change, and at the end checks against it: no cache key stale, no record lost. Prints a
+report and writes it as JSON. Exits 0 when both hold, 1 when not, 2 on bad options.
+
+USAGE:
+    bash scripts/simulate.sh [OPTIONS]   (sets up, builds, starts the emulators, runs this)
+    tidemark-sim [OPTIONS]               (expects TIDEMARK_MOTO_URL and TIDEMARK_REDIS_* from scripts/env.sh)
+
+OPTIONS:
+    --duration SECS        how long the workload runs (default 90)
+    --rate N               changes per second, both regions together (default 4)
+    --items N              distinct items (users) the workload writes; objects: N/2 (default 40)
+    --faults LIST          comma-separated fault names, or `all` or `none` (default all):
+                             cache-refused      a region's cache refuses the invalidator, then black-holes it
+                             sns-refused        SNS refuses PublishBatch (a bounded number of calls)
+                             replication-paused us-east-1 -> eu-west-1 replication paused
+                             malformed          poison stream records and garbage object events
+    --seed N               seed of the workload and the fault order (default 1)
+    --in-process           call the handlers in-process instead of the cargo-lambda binaries
+    --report PATH          where the JSON report goes (default target/tidemark-sim-report.json)
+    -h, --help             print this help
+";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Args {
+    pub duration_s: u64,
+    pub rate: f64,
+    pub items: usize,
+    pub faults: Vec<Fault>,
+    pub seed: u64,
+    pub in_process: bool,
+    pub report: PathBuf,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Self {
+            duration_s: 90,
+            rate: 4.0,
+            items: 40,
+            faults: Fault::ALL.to_vec(),
+            seed: 1,
+            in_process: false,
+            report: PathBuf::from("target/tidemark-sim-report.json"),
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq)]
+pub enum Parsed {
+    Run(Args),
+    Help,
+}
+
+fn value<'a>(it: &mut impl Iterator<Item = &'a String>, flag: &str) -> Result<&'a str, String> {
+    it.next()
+        .map(String::as_str)
+        .ok_or_else(|| format!("{flag} expects a value, found the end of the arguments"))
+}
+
+fn number<T: std::str::FromStr>(v: &str, flag: &str, what: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("{flag} expects {what}, found `{v}`"))
+}
+
+pub fn parse(argv: &[String]) -> Result<Parsed, String> {
+    let mut a = Args::default();
+    let mut it = argv.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let val = |it: &mut std::slice::Iter<'_, String>| -> Result<String, String> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => value(it, flag).map(str::to_owned),
+            }
+        };
+        match flag {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--in-process" => a.in_process = true,
+            "--duration" => {
+                a.duration_s = number(&val(&mut it)?, flag, "a whole number of seconds ≥ 5")?;
+                if a.duration_s < 5 {
+                    return Err(format!(
+                        "--duration expects a whole number of seconds ≥ 5, found {}",
+                        a.duration_s
+                    ));
+                }
+            }
+            "--rate" => {
+                a.rate = number(&val(&mut it)?, flag, "changes per second (a number > 0)")?;
+                if !(a.rate > 0.0 && a.rate <= 200.0) {
+                    return Err(format!(
+                        "--rate expects changes per second in (0, 200], found {}",
+                        a.rate
+                    ));
+                }
+            }
+            "--items" => {
+                a.items = number(&val(&mut it)?, flag, "a whole number of items ≥ 2")?;
+                if a.items < 2 {
+                    return Err(format!(
+                        "--items expects a whole number ≥ 2, found {}",
+                        a.items
+                    ));
+                }
+            }
+            "--seed" => a.seed = number(&val(&mut it)?, flag, "a whole number")?,
+            "--report" => a.report = PathBuf::from(val(&mut it)?),
+            "--faults" => a.faults = Fault::parse_list(&val(&mut it)?)?,
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(Parsed::Run(a))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn p(s: &[&str]) -> Result<Parsed, String> {
+        parse(&s.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_parse_with_spaces_or_equals_and_defaults_fill_the_rest() {
+        let Ok(Parsed::Run(a)) = p(&[
+            "--duration",
+            "20",
+            "--rate=2.5",
+            "--faults",
+            "sns-refused,malformed",
+            "--seed",
+            "9",
+            "--in-process",
+        ]) else {
+            panic!("expected a run")
+        };
+        assert_eq!(a.duration_s, 20);
+        assert!((a.rate - 2.5).abs() < f64::EPSILON);
+        assert_eq!(a.faults, vec![Fault::SnsRefused, Fault::Malformed]);
+        assert_eq!(a.seed, 9);
+        assert!(a.in_process);
+        assert_eq!(a.items, Args::default().items);
+        assert_eq!(
+            p(&["--faults", "none"]).unwrap(),
+            Parsed::Run(Args {
+                faults: vec![],
+                ..Args::default()
+            })
+        );
+        assert_eq!(p(&["-h"]).unwrap(), Parsed::Help);
+    }
+
+    #[test]
+    fn bad_options_say_what_was_expected_and_found() {
+        assert_eq!(p(&["--bogus"]).unwrap_err(), "unknown argument `--bogus`");
+        assert!(p(&["--duration", "x"]).unwrap_err().contains("found `x`"));
+        assert!(p(&["--duration"]).unwrap_err().contains("found the end"));
+        assert!(p(&["--rate", "0"]).unwrap_err().contains("found 0"));
+        let e = p(&["--faults", "cache-refused,quake"]).unwrap_err();
+        assert!(e.contains("`quake`") && e.contains("sns-refused"), "{e}");
+    }
+}
