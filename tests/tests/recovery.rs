@@ -1000,6 +1000,14 @@ async fn the_replay_command_runs_object_events_again_through_the_object_processo
         ),
     )?;
     let fixed = fixed.display().to_string();
+    // A message no configuration can read (as a redrive policy would have moved it): it is
+    // rejected again at every replay and must stay in the queue.
+    c.sqs
+        .send_message()
+        .queue_url(&dlq)
+        .message_body("not an event")
+        .send()
+        .await?;
     let args = [
         "replay",
         "--region",
@@ -1011,29 +1019,62 @@ async fn the_replay_command_runs_object_events_again_through_the_object_processo
         "--json",
     ];
 
-    // 3. The command's dry run: both would be replayed, nothing changes.
+    // 3. The command's dry run: two would be replayed, one is rejected again, nothing
+    //    changes.
     let (code, out, err) = tidemark_cli(&w, &args).await?;
-    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(code, 1, "not clean: one is rejected\n{out}\n{err}");
     let dry: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(
-        (dry["applied"].as_bool(), dry["replayed"].as_u64()),
-        (Some(false), Some(2)),
+        (
+            dry["applied"].as_bool(),
+            dry["replayed"].as_u64(),
+            dry["still_rejected"].as_u64()
+        ),
+        (Some(false), Some(2), Some(1)),
         "{dry}"
     );
     w.settle().await?;
     assert_eq!(w.cached(REGION).await?, cached, "a dry run deletes no key");
-    assert_eq!(visible_and_depth(&c, &dlq).await?, (2, 2));
+    assert_eq!(visible_and_depth(&c, &dlq).await?, (3, 3));
 
-    // 4. --apply: both go through the object-processor, their keys leave the cache, the
-    //    queue is empty.
+    // 4. --apply while SNS refuses: the two fail for a transient reason, the third is
+    //    rejected again; all three stay in the queue, visible (released, not deleted).
     let mut apply = args.to_vec();
     apply.push("--apply");
+    w.proxy.fail("PublishBatch", 503, None);
     let (code, out, err) = tidemark_cli(&w, &apply).await?;
-    assert_eq!(code, 0, "{out}\n{err}");
+    w.proxy.clear_faults();
+    assert_eq!(code, 1, "{out}\n{err}");
+    let refused: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        (
+            refused["replayed"].as_u64(),
+            refused["failed"].as_u64(),
+            refused["still_rejected"].as_u64()
+        ),
+        (Some(0), Some(2), Some(1)),
+        "{refused}"
+    );
+    assert_eq!(
+        visible_and_depth(&c, &dlq).await?,
+        (3, 3),
+        "a message not replayed stays in its queue, visible"
+    );
+    w.settle().await?;
+    assert_eq!(w.cached(REGION).await?, cached, "nothing was published");
+
+    // 5. --apply: both go through the object-processor, their keys leave the cache; only
+    //    the unreadable message is left, visible.
+    let (code, out, err) = tidemark_cli(&w, &apply).await?;
+    assert_eq!(code, 1, "{out}\n{err}");
     let done: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(
-        (done["applied"].as_bool(), done["replayed"].as_u64()),
-        (Some(true), Some(2)),
+        (
+            done["applied"].as_bool(),
+            done["replayed"].as_u64(),
+            done["still_rejected"].as_u64()
+        ),
+        (Some(true), Some(2), Some(1)),
         "{done}"
     );
     w.settle().await?;
@@ -1044,6 +1085,10 @@ async fn the_replay_command_runs_object_events_again_through_the_object_processo
             "{k} still cached: {cached:?}"
         );
     }
-    assert_eq!(depth(&c, &dlq).await?, 0);
+    assert_eq!(
+        visible_and_depth(&c, &dlq).await?,
+        (1, 1),
+        "the rejected message stays, visible"
+    );
     Ok(())
 }
