@@ -258,6 +258,8 @@ pub trait KeptRecords: Send + Sync {
 
 /// Whole dead-letter entries kept in S3 behind a pointer message (S3 in production).
 pub trait Overflow: Send + Sync {
+    /// The region's dead-letter bucket: a pointer message may name only an object of it.
+    fn bucket(&self) -> &str;
     /// The object's text; `None` when it no longer exists.
     fn get<'a>(
         &'a self,

@@ -765,6 +765,23 @@ impl Replay {
                             None => {
                                 skip(format!("a pointer to {at}, and no bucket to read it from"))
                             }
+                            // A message can say anything: only the region's dead-letter
+                            // bucket, under `dead-letter/`, is read (and later deleted).
+                            Some(o)
+                                if p.stored_in_s3.bucket != o.bucket()
+                                    || !p
+                                        .stored_in_s3
+                                        .key
+                                        .starts_with(crate::adapters::dead_letter::S3_PREFIX) =>
+                            {
+                                pointer = None;
+                                skip(format!(
+                                    "a pointer to {at}, outside the dead-letter bucket's `{}` (s3://{}/{}): not read",
+                                    crate::adapters::dead_letter::S3_PREFIX,
+                                    o.bucket(),
+                                    crate::adapters::dead_letter::S3_PREFIX
+                                ))
+                            }
                             Some(o) => match o
                                 .get(&p.stored_in_s3.bucket, &p.stored_in_s3.key)
                                 .await

@@ -769,6 +769,32 @@ async fn replay_keeps_a_still_bad_record_in_its_store_with_its_reason() -> Resul
         .message_body(serde_json::to_string(&flush)?)
         .send()
         .await?;
+    // Pointer messages naming an object outside the dead-letter bucket's `dead-letter/`
+    // (another prefix of it; another bucket): never read (nor deleted after a replay),
+    // skipped with the reason.
+    let object_dlq = r.object_dlq_url.clone();
+    for (bucket, key) in [
+        (bucket.clone(), "aws/lambda/someone-elses.json"),
+        (r.bucket.clone(), "dead-letter/stream-processor/x.json"),
+    ] {
+        let foreign = tidemark::adapters::dead_letter::Pointer {
+            function: "object-processor".into(),
+            source: "assets".into(),
+            id: Some("m-foreign".into()),
+            index: 0,
+            reason: "r".into(),
+            stored_in_s3: tidemark::adapters::dead_letter::S3Location {
+                bucket,
+                key: key.into(),
+            },
+        };
+        c.sqs
+            .send_message()
+            .queue_url(&object_dlq)
+            .message_body(serde_json::to_string(&foreign)?)
+            .send()
+            .await?;
+    }
 
     // The fix: the configuration names the table (replay reads it from --config).
     let text = std::fs::read_to_string(&w.config_path)?;
@@ -782,7 +808,7 @@ async fn replay_keeps_a_still_bad_record_in_its_store_with_its_reason() -> Resul
     eprintln!("{dry}");
     assert_eq!(
         (dry.replayed(), dry.still_rejected(), dry.skipped()),
-        (1, 1, 2),
+        (1, 1, 4),
         "{dry}"
     );
     w.settle().await?;
@@ -833,6 +859,22 @@ async fn replay_keeps_a_still_bad_record_in_its_store_with_its_reason() -> Resul
         (1, 1),
         "the flush command stays in its queue, visible"
     );
+    let pointers: Vec<_> = applied
+        .items
+        .iter()
+        .filter(|i| i.store == Store::ObjectDlq)
+        .collect();
+    assert_eq!(pointers.len(), 2, "{applied}");
+    for p in pointers {
+        let Verdict::Skipped { reason } = &p.verdict else {
+            anyhow::bail!("a foreign pointer is not skipped:\n{applied}");
+        };
+        assert!(
+            reason.contains("outside the dead-letter bucket"),
+            "{reason}"
+        );
+    }
+    assert_eq!(visible_and_depth(&c, &object_dlq).await?, (2, 2));
     let bad = applied
         .items
         .iter()

@@ -369,6 +369,10 @@ async fn delete_object(
 }
 
 impl crate::ports::Overflow for S3DeadLetter {
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
     fn get<'a>(
         &'a self,
         bucket: &'a str,
