@@ -27,7 +27,7 @@ pub const SECOND_DELETE_S: u32 = 2;
 /// TTL of what readers put in the caches (the README's advice: a TTL as a backstop).
 pub const READ_TTL_S: u64 = 600;
 /// Reads per region per round of the loop.
-const READS_PER_ROUND: usize = 3;
+const READS_PER_ROUND: usize = 8;
 /// Poison records / garbage messages per malformed burst.
 const MALFORMED_BURST: usize = 5;
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
