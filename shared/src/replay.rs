@@ -651,8 +651,25 @@ impl Replay {
             // A message seen before came back (its hiding ran out): every message was read.
             let (fresh, again): (Vec<Kept>, Vec<Kept>) =
                 chunk.into_iter().partition(|k| seen.insert(k.id.clone()));
+            let reappeared = !again.is_empty();
             held.extend(again);
             if fresh.is_empty() {
+                // Only messages read earlier came back: their hiding ran out (the run is
+                // longer than it), so messages not read yet may be behind them. Said, not
+                // taken for the end of the queue.
+                if reappeared {
+                    summary.items.push(Item {
+                        store,
+                        location: kept.name(),
+                        records: 0,
+                        verdict: Verdict::Failed {
+                            reason: format!(
+                                "stopped early: messages reappeared (read more than {} s ago); messages not read yet may remain: run replay again, or use --limit",
+                                crate::adapters::dead_letter::READ_VISIBILITY_S
+                            ),
+                        },
+                    });
+                }
                 break;
             }
             let mut prepared = Vec::new();
