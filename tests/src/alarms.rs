@@ -18,6 +18,14 @@
 //!   none at all `missing` answers INSUFFICIENT_DATA while `ignore` keeps the previous state
 //!   (INSUFFICIENT_DATA for a new alarm, as CloudWatch starts one).
 //!
+//! **Where it is simpler than CloudWatch.** It looks at exactly the last `EvaluationPeriods`
+//! periods. When the most recent periods lack data, CloudWatch looks further back (its
+//! evaluation range) and fills in only as many missing periods as it needs, and with
+//! `missing` it can go to ALARM before M datapoints exist (its "premature alarm" rule); so
+//! with gaps in the data the two can answer differently. The tests therefore assert with
+//! data in every period they evaluate, or on [`Alarm::transitions`] over the run.
+//! Percentiles are nearest-rank over every sample (CloudWatch approximates them).
+//!
 //! Alarms on AWS's own namespaces (`AWS/Lambda`, `AWS/SQS`, `AWS/S3`) are not fed by EMF:
 //! [`Alarm::is_emf`] tells them apart, and evaluating one is an error.
 
@@ -76,7 +84,19 @@ pub fn samples(docs: &[Value]) -> Result<Vec<Sample>> {
                     .with_context(|| format!("EMF document {i}: a metric has no Name"))?;
                 let values: Vec<f64> = match &doc[name] {
                     Value::Number(n) => n.as_f64().into_iter().collect(),
-                    Value::Array(a) => a.iter().filter_map(Value::as_f64).collect(),
+                    // CloudWatch rejects a document with a non-numeric value, or with more
+                    // than 100 values of one metric.
+                    Value::Array(a) if a.len() <= 100 => a
+                        .iter()
+                        .map(|v| {
+                            v.as_f64().with_context(|| {
+                                format!("EMF document {i}: {name} holds {v}, not a number")
+                            })
+                        })
+                        .collect::<Result<_>>()?,
+                    Value::Array(a) => {
+                        bail!("EMF document {i}: {name} has {} values, above 100", a.len())
+                    }
                     other => bail!("EMF document {i}: {name} is {other}, not a number or array"),
                 };
                 for set in &sets {
@@ -230,21 +250,35 @@ fn parse_insights(sql: &str) -> Result<(Stat, Query)> {
             "Metrics Insights query `{sql}`: expected SELECT FUNC(Metric) FROM SCHEMA(\"namespace\", Dimension, …) [WHERE Dimension = 'value' [AND …]]"
         )
     };
-    let rest = sql.trim().strip_prefix("SELECT ").with_context(err)?;
+    // Keywords are case-insensitive; names and values are not.
+    let find = |text: &str, kw: &str| text.to_ascii_uppercase().find(kw);
+    let sql_t = sql.trim();
+    let rest = (find(sql_t, "SELECT ") == Some(0))
+        .then(|| &sql_t[7..])
+        .with_context(err)?;
     let (func, rest) = rest.split_once('(').with_context(err)?;
     let (metric, rest) = rest.split_once(')').with_context(err)?;
-    let stat = Stat::parse(func.trim())?;
-    let rest = rest
-        .trim_start()
-        .strip_prefix("FROM ")
-        .with_context(err)?
-        .trim();
-    let (from, where_) = match rest.find(" WHERE ") {
+    let stat = match func.trim().to_ascii_uppercase().as_str() {
+        "SUM" => Stat::Sum,
+        "AVG" => Stat::Average,
+        "MAX" => Stat::Maximum,
+        "MIN" => Stat::Minimum,
+        "COUNT" => Stat::SampleCount,
+        other => bail!("{}: {other} is not one of AVG, COUNT, MAX, MIN, SUM", err()),
+    };
+    let rest = rest.trim_start();
+    let rest = (find(rest, "FROM ") == Some(0))
+        .then(|| rest[5..].trim())
+        .with_context(err)?;
+    if find(rest, " GROUP BY").is_some() || find(rest, " ORDER BY").is_some() {
+        bail!("{}: GROUP BY and ORDER BY are not evaluated", err());
+    }
+    let (from, where_) = match find(rest, " WHERE ") {
         Some(i) => (&rest[..i], Some(&rest[i + 7..])),
         None => (rest, None),
     };
-    let (namespace, schema) = if let Some(inner) = from
-        .strip_prefix("SCHEMA(")
+    let (namespace, schema) = if let Some(inner) = (find(from, "SCHEMA(") == Some(0))
+        .then(|| &from[7..])
         .and_then(|s| s.strip_suffix(')'))
     {
         let mut parts = inner.split(',').map(str::trim);
@@ -259,7 +293,25 @@ fn parse_insights(sql: &str) -> Result<(Stat, Query)> {
     };
     let mut filters = BTreeMap::new();
     if let Some(w) = where_ {
-        for cond in w.split(" AND ") {
+        let upper = w.to_ascii_uppercase();
+        let mut conds = Vec::new();
+        let mut start = 0;
+        while let Some(i) = upper[start..].find(" AND ") {
+            conds.push(&w[start..start + i]);
+            start += i + 5;
+        }
+        conds.push(&w[start..]);
+        for cond in conds {
+            let upper = cond.to_ascii_uppercase();
+            if ["!=", "<", ">", " LIKE ", " IN "]
+                .iter()
+                .any(|op| upper.contains(op))
+            {
+                bail!(
+                    "{}: only `Dimension = 'value'` conditions are evaluated",
+                    err()
+                );
+            }
             let (k, v) = cond.split_once('=').with_context(err)?;
             let v = v.trim();
             let v = v
@@ -405,6 +457,15 @@ impl Alarm {
                 ))
             );
         }
+        if p["EvaluateLowSampleCountPercentile"]
+            .as_str()
+            .is_some_and(|v| v != "evaluate")
+        {
+            bail!(
+                "{}",
+                at("EvaluateLowSampleCountPercentile other than evaluate")
+            );
+        }
         let evaluation_periods =
             number(&p["EvaluationPeriods"], &at("EvaluationPeriods"))? as usize;
         let datapoints_to_alarm = if p["DatapointsToAlarm"].is_null() {
@@ -520,15 +581,15 @@ impl Alarm {
         self.evaluate_from(samples, at_ms, State::InsufficientData)
     }
 
-    /// Every state change from `from_ms` to `to_ms`, evaluating once per period as
-    /// CloudWatch does (the first entry is the state at `from_ms`).
+    /// Every state change from `from_ms` to `to_ms`, evaluating once a minute as CloudWatch
+    /// does, or once per period when shorter (the first entry is the state at `from_ms`).
     pub fn transitions(
         &self,
         samples: &[Sample],
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<(i64, State)>> {
-        let step = (self.period_s * 1000) as i64;
+        let step = (self.period_s.min(60) * 1000) as i64;
         let mut out: Vec<(i64, State)> = Vec::new();
         let mut state = State::InsufficientData;
         let mut at = from_ms;
@@ -865,6 +926,20 @@ mod tests {
         let (_, q) = parse_insights("SELECT MAX(X) FROM SCHEMA(\"N\", A) WHERE A = 'b'").unwrap();
         assert!(matches!(q, Query::Insights { ref filters, .. } if filters["A"] == "b"));
         assert!(parse_insights("SELECT SUM(X) FROM \"N\"").is_err());
+        assert!(parse_insights("select sum(X) from schema(\"N\", A) where A = 'b'").is_ok());
+        for refused in [
+            "SELECT SUM(X) FROM SCHEMA(\"N\", A) WHERE A != 'b'",
+            "SELECT p99(X) FROM SCHEMA(\"N\", A)",
+            "SELECT Average(X) FROM SCHEMA(\"N\", A)",
+            "SELECT SUM(X) FROM SCHEMA(\"N\", A) GROUP BY A",
+        ] {
+            assert!(parse_insights(refused).is_err(), "{refused}");
+        }
+        let bad = [
+            json!({"_aws": {"Timestamp": 0, "CloudWatchMetrics": [{"Namespace": "N",
+            "Dimensions": [[]], "Metrics": [{"Name": "M"}]}]}, "M": [1, "x"]}),
+        ];
+        assert!(samples(&bad).is_err());
     }
 
     #[test]

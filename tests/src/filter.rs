@@ -48,12 +48,22 @@ impl Filters {
             return true;
         }
         let mut view = record.clone();
+        let mut json_body = false;
         if let Some(body) = record["body"].as_str()
             && let Ok(parsed) = serde_json::from_str::<Value>(body)
         {
             view["body"] = parsed;
+            json_body = true;
         }
-        self.0.iter().any(|p| object_matches(p, &view))
+        self.0.iter().any(|p| {
+            // A body pattern and the body must agree on the format (an object pattern for a
+            // JSON body, matchers for a plain one): otherwise Lambda drops the message.
+            let format_agrees = match (p.get("body"), record.get("body")) {
+                (Some(pattern), Some(_)) => pattern.is_object() == json_body,
+                _ => true,
+            };
+            format_agrees && object_matches(p, &view)
+        })
     }
 }
 
@@ -109,7 +119,8 @@ fn leaf_matches(matcher: &Value, field: Option<&Value>) -> bool {
     if let Value::Object(o) = matcher
         && let Some(Value::Bool(want)) = o.get("exists")
     {
-        return field.is_some() == *want;
+        // `exists` applies to leaf nodes only: an object is not a value that exists.
+        return field.is_some_and(|f| !f.is_object()) == *want;
     }
     match field {
         // An array field matches when any element does.
@@ -207,6 +218,12 @@ mod tests {
         assert!(f.keeps(&json!({"body": "{\"size\":15}"})));
         assert!(!f.keeps(&json!({"body": "{\"size\":25}"})));
         assert!(!f.keeps(&json!({"body": "not json"})));
+        // The body's format must match the pattern's.
+        let plain = filters(&[json!({"body": [{"anything-but": "x"}]})]).unwrap();
+        assert!(plain.keeps(&json!({"body": "plain text"})));
+        assert!(!plain.keeps(&json!({"body": "{\"a\":1}"})));
+        let json_pattern = filters(&[json!({"body": {"a": [{"exists": false}]}})]).unwrap();
+        assert!(!json_pattern.keeps(&json!({"body": "plain text"})));
     }
 
     #[test]
@@ -223,6 +240,11 @@ mod tests {
         assert!(
             f.keeps(&json!({"a": ["x", "q"], "c": "p.jpg"})),
             "any element of an array"
+        );
+        let on_object = filters(&[json!({"dynamodb": {"NewImage": [{"exists": true}]}})]).unwrap();
+        assert!(
+            !on_object.keeps(&json!({"dynamodb": {"NewImage": {"a": {"S": "x"}}}})),
+            "exists matches leaf nodes only"
         );
     }
 

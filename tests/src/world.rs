@@ -1046,6 +1046,23 @@ impl World {
         Ok(written_at)
     }
 
+    /// The alarm evaluator's state changes of the deployed alarm `logical` of `region` from
+    /// `from_ms` to now (evaluated once a minute, as CloudWatch does), over the region's EMF
+    /// plus `extra`: whether an alarm fired during a test, whatever minute it is now.
+    pub fn alarm_timeline(
+        &self,
+        region: &str,
+        logical: &str,
+        extra: &[serde_json::Value],
+        from_ms: u64,
+    ) -> Result<Vec<(i64, crate::alarms::State)>> {
+        let alarm = crate::alarms::alarm(&self.region(region).wiring, logical)?;
+        let mut docs = self.emf(region, "");
+        docs.extend_from_slice(extra);
+        let samples = crate::alarms::samples(&docs)?;
+        alarm.transitions(&samples, from_ms as i64, crate::now_ms() as i64)
+    }
+
     /// Sets the replication delay of one direction (tables); others keep theirs.
     pub fn set_replication_delay(&mut self, from: &str, to: &str, delay: Duration) {
         for r in self

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use tidemark_tests::alarms::{MetricUse, metric_uses, samples};
+use tidemark_tests::alarms::{MetricUse, Query, alarms, metric_uses, samples};
 use tidemark_tests::world::{Options, Stages, World};
 
 use super::replication_events::{notification, send};
@@ -27,15 +27,15 @@ async fn every_metric_an_alarm_or_widget_reads_is_emitted_with_exactly_its_dimen
         ..Options::default()
     })
     .await?;
-    let mut config = tidemark::config::Config::load(&w.config_path)?;
-    config.deployment.peer_down_after_seconds = 1;
-    let mut extra: Vec<Value> = Vec::new();
+    let config = tidemark::config::Config::load(&w.config_path)?;
+    // The canaries' EMF per region (they run in-process here).
+    let mut extra: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
 
     // Canaries: heartbeats, their age and staleness, with every peer live.
     let canaries = world_canaries(&w, &config, None).await;
     for _ in 0..2 {
-        for c in &canaries {
-            extra.extend(tick_docs(c).await?);
+        for (c, region) in canaries.iter().zip([US, EU]) {
+            extra.entry(region).or_default().extend(tick_docs(c).await?);
         }
         w.settle().await?;
     }
@@ -71,18 +71,20 @@ async fn every_metric_an_alarm_or_widget_reads_is_emitted_with_exactly_its_dimen
         .message_body("not an event")
         .send()
         .await?;
-    let destination = w.region(EU).bucket.clone();
-    let failure = notification(
-        US,
-        &w.region(US).bucket,
-        "OperationFailedReplication",
-        "images/a.jpg",
-        "v-failed",
-        json!({"replicationRuleId": "assets-to-eu", "destinationBucket": format!("arn:aws:s3:::{destination}"),
-               "s3Operation": "OBJECT_PUT", "requestTime": "2026-11-23T12:00:00.000Z",
-               "failureReason": "AssumeRoleNotPermitted"}),
-    );
-    send(&w, US, failure).await?;
+    for (from, to) in [(US, EU), (EU, US)] {
+        let destination = w.region(to).bucket.clone();
+        let failure = notification(
+            from,
+            &w.region(from).bucket,
+            "OperationFailedReplication",
+            "images/a.jpg",
+            "v-failed",
+            json!({"replicationRuleId": "assets", "destinationBucket": format!("arn:aws:s3:::{destination}"),
+                   "s3Operation": "OBJECT_PUT", "requestTime": "2026-11-23T12:00:00.000Z",
+                   "failureReason": "AssumeRoleNotPermitted"}),
+        );
+        send(&w, from, failure).await?;
+    }
     // eu-west-1's cache refuses for a while: its invalidations fail and are retried.
     w.region(EU).cache_gate.set_open(false);
     for _ in 0..10 {
@@ -92,23 +94,62 @@ async fn every_metric_an_alarm_or_widget_reads_is_emitted_with_exactly_its_dimen
     w.region(EU).cache_gate.set_open(true);
     w.settle().await?;
 
-    // eu-west-1 cannot reach us-east-1 any more: the peer is down.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Each region cannot reach the other any more (its own heartbeat is unreadable): the
+    // peer is down, both ways.
     let cut_off = world_canaries(&w, &config, Some(US)).await;
-    extra.extend(tick_docs(&cut_off[1]).await?);
+    extra
+        .entry(EU)
+        .or_default()
+        .extend(tick_docs(&cut_off[1]).await?);
+    let cut_off = world_canaries(&w, &config, Some(EU)).await;
+    extra
+        .entry(US)
+        .or_default()
+        .extend(tick_docs(&cut_off[0]).await?);
 
-    // What the scenario emitted: (namespace, metric) → every dimension set it carried.
+    // What the scenario emitted: (namespace, metric) → every dimension set it carried; and
+    // per region, every full dimension map (names and values) of each metric.
     let mut emitted: BTreeMap<(String, String), BTreeSet<BTreeSet<String>>> = BTreeMap::new();
-    let mut docs = extra;
+    let mut series: BTreeMap<(&str, String), BTreeSet<BTreeMap<String, String>>> = BTreeMap::new();
     for region in [US, EU] {
-        docs.extend(w.emf(region, ""));
+        let mut docs = w.emf(region, "");
+        docs.extend(extra.get(region).cloned().unwrap_or_default());
+        for s in samples(&docs)? {
+            series
+                .entry((region, s.metric.clone()))
+                .or_default()
+                .insert(s.dimensions.clone());
+            emitted
+                .entry((s.namespace, s.metric))
+                .or_default()
+                .insert(s.dimensions.into_keys().collect());
+        }
     }
-    for s in samples(&docs)? {
-        emitted
-            .entry((s.namespace, s.metric))
-            .or_default()
-            .insert(s.dimensions.into_keys().collect());
+    // A single-metric alarm names dimension values too: some series of its region must
+    // carry exactly those (a misspelled value or a physical name for a configured one
+    // would leave the alarm without data forever).
+    let mut unfed = Vec::new();
+    for region in [US, EU] {
+        for a in alarms(&w.region(region).wiring)? {
+            if let Query::Metric {
+                namespace,
+                metric,
+                dimensions,
+            } = &a.query
+                && *namespace == config.deployment.namespace
+                && !series
+                    .get(&(region, metric.clone()))
+                    .is_some_and(|s| s.contains(dimensions))
+            {
+                unfed.push(format!(
+                    "{region}: alarm {} reads {metric} {dimensions:?}; emitted: {:?}",
+                    a.logical,
+                    series.get(&(region, metric.clone()))
+                ));
+            }
+        }
     }
+    assert!(unfed.is_empty(), "{}", unfed.join("\n"));
     // One dimension set per metric (the catalog's), so alarms and widgets cannot split.
     for ((_, metric), sets) in &emitted {
         assert_eq!(

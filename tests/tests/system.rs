@@ -2070,7 +2070,7 @@ fn lag_alarm(w: &World, region: &str, peer: &str) -> Result<String> {
         .ok_or_else(|| anyhow::anyhow!("{region} has no ReplicationLag alarm for {peer}"))
 }
 
-/// A 6 s delay crosses the lag alarm's default threshold (`LagAlarmMilliseconds`, 5,000 ms):
+/// A 7 s delay crosses the lag alarm's default threshold (`LagAlarmMilliseconds`, 5,000 ms):
 /// the alarm evaluator, over the stream-processors' EMF, puts that pair's alarm in ALARM once
 /// two minutes breach, while the 200 ms pair stays OK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2078,7 +2078,9 @@ fn lag_alarm(w: &World, region: &str, peer: &str) -> Result<String> {
 async fn lag_alarm_fires_when_the_injected_delay_crosses_its_threshold() -> Result<()> {
     let mut w = World::start(Options::default()).await?;
     w.set_replication_delay(US, EU, FAST);
-    w.set_replication_delay(EU, US, Duration::from_secs(6));
+    // 7 s: ApproximateCreationDateTime truncates to the second, so the lag reads at least
+    // 6,001 ms, well above the 5,000 ms threshold.
+    w.set_replication_delay(EU, US, Duration::from_secs(7));
     let (slow, fast) = (lag_alarm(&w, US, EU)?, lag_alarm(&w, EU, US)?);
     for minute in 0..2 {
         if minute == 1 {
@@ -2432,8 +2434,17 @@ async fn paused_replication_makes_that_pair_stale_only_and_resuming_clears_it() 
 /// Sleeps until just after the next minute of the wall clock begins (alarms with 60 s
 /// periods evaluate per epoch-aligned minute).
 async fn next_minute() {
+    next_minute_after(tidemark::now_ms()).await;
+}
+
+/// Sleeps until just after the minute that follows the one holding `t_ms` (at once if that
+/// minute has begun): a 2-of-2 alarm needs its two datapoints in adjacent minutes.
+async fn next_minute_after(t_ms: u64) {
+    let target = t_ms - t_ms % 60_000 + 60_000 + 300;
     let now = tidemark::now_ms();
-    tokio::time::sleep(Duration::from_millis(60_000 - now % 60_000 + 300)).await;
+    if target > now {
+        tokio::time::sleep(Duration::from_millis(target - now)).await;
+    }
 }
 
 /// A stall longer than `stale_after_seconds` in two minutes running puts the stale
@@ -2459,15 +2470,20 @@ async fn a_stall_past_the_threshold_puts_the_health_check_alarm_in_alarm() -> Re
     }
     w.pause(us, eu, true);
     let (mut us_docs, mut eu_docs) = (Vec::new(), Vec::new());
+    let mut first_stale_tick = 0;
     for minute in 0..2 {
         if minute == 0 {
             // Past the 2 s threshold before the first stale tick.
             tokio::time::sleep(Duration::from_millis(2500)).await;
         } else {
-            next_minute().await;
+            // The minute after the first stale tick's, whatever the settle took.
+            next_minute_after(first_stale_tick).await;
         }
         us_docs.extend(tick_docs(&canaries[0]).await?);
         eu_docs.extend(tick_docs(&canaries[1]).await?);
+        if minute == 0 {
+            first_stale_tick = tidemark::now_ms();
+        }
         w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
             .await?;
         // us-east-1 now holds eu-west-1's newest heartbeat: not behind.
