@@ -430,6 +430,19 @@ impl Handlers {
         id_of: fn(&str) -> Option<String>,
     ) -> Vec<Outcome> {
         let event = format!("{{\"Records\":[{}]}}", records.join(","));
+        // The handler's outcomes are matched to the records by position: if the batch does
+        // not hold exactly these records, no outcome can be trusted.
+        if split_batch(&event).map(|b| b.len()).ok() != Some(records.len()) {
+            return records
+                .iter()
+                .map(|_| {
+                    Outcome::Retry(format!(
+                        "the batch did not hold exactly its {} records",
+                        records.len()
+                    ))
+                })
+                .collect();
+        }
         self.rejects.take();
         let result = handler.handle(&event).await;
         let rejects = self.rejects.take();
@@ -534,6 +547,11 @@ fn flush_skipped(command: &crate::flush::FlushCommand) -> String {
         "a flush command of {} ({what}) requested at {at}, left in its queue: run `tidemark flush` again if still wanted",
         command.source
     )
+}
+
+/// Exactly one JSON object (whitespace around it allowed).
+fn one_object(raw: &str) -> bool {
+    serde_json::from_str::<&RawValue>(raw).is_ok_and(|v| v.get().starts_with('{'))
 }
 
 fn stream_id(raw: &str) -> Option<String> {
@@ -841,6 +859,12 @@ impl Replay {
                 }
             }
         };
+        // Records are joined as text into one batch: each must be exactly one JSON object,
+        // or one stored text could smuggle several records in (or break the batch).
+        let records = records.and_then(|rs| match rs.iter().position(|r| !one_object(r)) {
+            None => Ok(rs),
+            Some(i) => skip(format!("stored record {i} is not exactly one JSON object")),
+        });
         Prepared {
             kept,
             pointer,

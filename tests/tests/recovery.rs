@@ -758,7 +758,31 @@ async fn replay_keeps_a_still_bad_record_in_its_store_with_its_reason() -> Resul
         .body(vec![0xff_u8, 0xfe, 0x00, 0x80].into())
         .send()
         .await?;
-    let kept: Vec<String> = std::iter::once(garbage.clone()).chain(kept).collect();
+    // A kept entry whose record is two objects joined: never run (the records are joined
+    // into one batch), skipped with the reason.
+    let joined = "dead-letter/stream-processor/1-joined.json".to_owned();
+    let entry = DeadLetterEntry {
+        function: "stream-processor".into(),
+        source: table.clone(),
+        id: Some("910000000000000000009".into()),
+        index: 0,
+        reason: "r".into(),
+        record: format!(
+            "{},{}",
+            record(fixable, &table, json!({"S": "j1"}), "j1@example.com"),
+            record(poison, &table, json!({"S": "j2"}), "j2@example.com")
+        ),
+    };
+    c.s3.put_object()
+        .bucket(&bucket)
+        .key(&joined)
+        .body(serde_json::to_vec(&entry)?.into())
+        .send()
+        .await?;
+    let kept: Vec<String> = [garbage.clone(), joined.clone()]
+        .into_iter()
+        .chain(kept)
+        .collect();
     // A flush command the invalidator gave up (it may be days old and empty the whole
     // cache): never sent again by replay, named in the summary, left in its queue.
     let dlq = r.queue_dlq_url.clone();
@@ -808,7 +832,7 @@ async fn replay_keeps_a_still_bad_record_in_its_store_with_its_reason() -> Resul
     eprintln!("{dry}");
     assert_eq!(
         (dry.replayed(), dry.still_rejected(), dry.skipped()),
-        (1, 1, 4),
+        (1, 1, 5),
         "{dry}"
     );
     w.settle().await?;
@@ -837,6 +861,10 @@ async fn replay_keeps_a_still_bad_record_in_its_store_with_its_reason() -> Resul
         anyhow::bail!("the unreadable object is not skipped:\n{applied}");
     };
     assert!(reason.contains("not UTF-8"), "{reason}");
+    let Some(Verdict::Skipped { reason }) = skipped(&joined) else {
+        anyhow::bail!("the joined record is not skipped:\n{applied}");
+    };
+    assert!(reason.contains("not exactly one JSON object"), "{reason}");
     assert_eq!(
         applied.requeued, 0,
         "the flush command was sent again:\n{applied}"
@@ -905,10 +933,14 @@ async fn replay_keeps_a_still_bad_record_in_its_store_with_its_reason() -> Resul
         "the fixed record's invalidation went out"
     );
     let left = keys_under(&c, &bucket, "dead-letter/").await?;
-    assert_eq!(left.len(), 2, "{left:?}");
-    assert_eq!(left[0], garbage, "the unreadable object stays: {left:?}");
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert_eq!(
+        left[..2],
+        [garbage, joined],
+        "the skipped objects stay: {left:?}"
+    );
     assert!(
-        left[1].ends_with(&format!("/seq-{poison}.json")),
+        left[2].ends_with(&format!("/seq-{poison}.json")),
         "the bad record stays: {left:?}"
     );
     // Run again: the bad record is still there, still with its reason; nothing else happens.
