@@ -2,7 +2,11 @@
 //! derive keys on old and new images → coalesce → pack into SNS messages, through the real
 //! handler (`StreamProcessor::handle`) with in-memory ports (no network).
 //!
-//! Batch: 4,000 NEW_AND_OLD_IMAGES records of ~1.4 KiB (~5.6 MB), the target shape.
+//! Batches: 4,000 NEW_AND_OLD_IMAGES records of ~1.4 KiB (~5.7 MB), and 10,000 of ~560 bytes
+//! (event source mappings cap a payload at 6 MB). Beside each figure: the scan limit (a
+//! validating `serde_json` pass over the same bytes into `IgnoredAny`), the least any decoder
+//! of this input must do. Each batch is also written to `target/bench/` for the Python peer
+//! (`scripts/bench.sh` runs it on the same file).
 //! `cargo bench -p tidemark --bench pipeline`
 
 use std::sync::Arc;
@@ -38,16 +42,8 @@ impl Alerts for NullAlerts {
     }
 }
 
-fn main() {
-    let n = 4000;
-    let batch = tidemark::samples::stream_batch(n, "users");
-    println!(
-        "batch: {n} records, {:.2} MB, {:.0} bytes/record",
-        batch.len() as f64 / 1e6,
-        batch.len() as f64 / n as f64
-    );
-
-    let processor = StreamProcessor {
+fn processor() -> StreamProcessor {
+    StreamProcessor {
         config: Config::embedded().expect("embedded config"),
         region: "us-east-1".into(),
         ports: Ports {
@@ -56,50 +52,101 @@ fn main() {
             labels: Arc::new(tidemark::keyhash::KeyLabels::plain()),
             alerts: Arc::new(NullAlerts),
         },
-        emf: tidemark::metrics::EmfOut::Stdout,
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    // EMF goes to stdout once per batch; keep it out of the figures' output.
-    let iterations = 30;
+        // The figures measure the work, not the stdout write of one EMF line per batch.
+        emf: tidemark::metrics::EmfOut::Captured(Arc::default()),
+    }
+}
+
+/// Mean and best seconds per call of `f` over `iterations` runs (after 3 warm-ups).
+fn time(iterations: u32, mut f: impl FnMut()) -> (f64, f64) {
     let mut best = f64::MAX;
     let mut total = 0.0;
     for i in 0..iterations + 3 {
         let start = Instant::now();
-        let failed = rt.block_on(processor.handle(&batch)).expect("batch");
+        f();
         let secs = start.elapsed().as_secs_f64();
-        assert!(failed.is_empty());
         if i >= 3 {
             best = best.min(secs);
             total += secs;
         }
     }
-    let mean = total / f64::from(iterations);
+    (total / f64::from(iterations), best)
+}
+
+fn measure(label: &str, file: &str, n: usize, bio_words: usize, iterations: u32) {
+    let batch = tidemark::samples::stream_batch_with_bio(n, "users", bio_words);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir).expect("target/bench");
+    std::fs::write(dir.join(file), &batch).expect("write the batch for the peer");
+    println!(
+        "{label}: {n} records, {:.2} MB, {:.0} bytes/record (target/bench/{file})",
+        batch.len() as f64 / 1e6,
+        batch.len() as f64 / n as f64
+    );
+    let processor = processor();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (mean, best) = time(iterations, || {
+        let failed = rt.block_on(processor.handle(&batch)).expect("batch");
+        assert!(failed.is_empty());
+    });
+    let (scan, _) = time(iterations, || {
+        std::hint::black_box(
+            serde_json::from_str::<serde::de::IgnoredAny>(&batch).expect("valid JSON"),
+        );
+    });
+    let rate = |secs: f64| n as f64 / secs;
+    println!(
+        "  tidemark (StreamProcessor::handle: decode, invalidation, lag, residency, pack): mean {:.2} ms → {:.0} records/s (best {:.0}/s, {:.0} MB/s)",
+        mean * 1e3,
+        rate(mean),
+        rate(best),
+        batch.len() as f64 / mean / 1e6
+    );
+    println!(
+        "  scan limit (serde_json into IgnoredAny): {:.2} ms → {:.0} records/s; tidemark is {:.2}× the scan time",
+        scan * 1e3,
+        rate(scan),
+        mean / scan
+    );
+    println!(
+        "  {{\"bench\":\"{file}\",\"records\":{n},\"records_per_s\":{:.0},\"scan_records_per_s\":{:.0}}}",
+        rate(mean),
+        rate(scan)
+    );
+}
+
+fn phases(iterations: u32) {
+    let batch = tidemark::samples::stream_batch(4000, "users");
+    let config = Config::embedded().expect("embedded config");
     let phase = |name: &str, f: &dyn Fn()| {
-        let start = Instant::now();
-        for _ in 0..iterations {
-            f();
-        }
-        let secs = start.elapsed().as_secs_f64() / f64::from(iterations);
-        eprintln!("  phase {name:<28} {:.2} ms/batch", secs * 1e3);
+        let (mean, _) = time(iterations, f);
+        println!("  phase {name:<28} {:.2} ms/batch", mean * 1e3);
     };
-    eprintln!();
     phase("split batch (RawValue)", &|| {
         std::hint::black_box(tidemark::ddb::split_batch(&batch).expect("split"));
     });
     let raws = tidemark::ddb::split_batch(&batch).expect("split");
-    phase("decode records", &|| {
+    phase("decode records (all attributes)", &|| {
         for r in &raws {
             std::hint::black_box(tidemark::ddb::StreamRecord::decode(r.get()).expect("decode"));
+        }
+    });
+    let table = &config.tables[0];
+    let wanted: Vec<String> = table.declared().map(str::to_owned).collect();
+    phase("decode records (declared only)", &|| {
+        for r in &raws {
+            std::hint::black_box(
+                tidemark::ddb::StreamRecord::decode_only(r.get(), Some(&wanted)).expect("decode"),
+            );
         }
     });
     let decoded: Vec<_> = raws
         .iter()
         .map(|r| tidemark::ddb::StreamRecord::decode(r.get()).expect("decode"))
         .collect();
-    let table = &processor.config.tables[0];
     phase("derive keys", &|| {
         for r in &decoded {
             tidemark::invalidation::table_keys(table, r, |k| {
@@ -107,19 +154,6 @@ fn main() {
             });
         }
     });
-    eprintln!();
-    eprintln!("decode + derive + pack, one core, {iterations} runs:");
-    eprintln!(
-        "  mean {:.2} ms/batch → {:.0} records/s ({:.0} MB/s)",
-        mean * 1e3,
-        4000.0 / mean,
-        batch.len() as f64 / mean / 1e6
-    );
-    eprintln!(
-        "  best {:.2} ms/batch → {:.0} records/s",
-        best * 1e3,
-        4000.0 / best
-    );
     phase("derive + coalesce + pack", &|| {
         let mut co = tidemark::invalidation::Coalescer::default();
         let g = co.group("users", "us-east-1", true);
@@ -128,4 +162,27 @@ fn main() {
         }
         std::hint::black_box(co.pack(tidemark::invalidation::BODY_BUDGET));
     });
+}
+
+fn main() {
+    let iterations = std::env::var("TIDEMARK_BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    measure(
+        "large records",
+        "stream-4000x1400.json",
+        4000,
+        10,
+        iterations,
+    );
+    measure(
+        "small records",
+        "stream-10000x560.json",
+        10_000,
+        0,
+        iterations,
+    );
+    println!("phases of the 4,000-record batch (one core, {iterations} runs):");
+    phases(iterations);
 }

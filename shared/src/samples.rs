@@ -3,10 +3,28 @@
 /// One NEW_AND_OLD_IMAGES MODIFY record of ~1.4 KiB: an e-mail change (so two e-mail keys
 /// and one user key) plus payload attributes no template reads.
 pub fn stream_record(i: usize, table: &str) -> String {
-    let bio = "lorem ipsum dolor sit amet ".repeat(10);
+    stream_record_with_bio(i, table, 10)
+}
+
+/// [`stream_record`] with `bio_words` × 27 bytes of payload per image (10: ~1.4 KiB a
+/// record; 0: ~600 bytes, the key, e-mail and write time only: the small-record shape).
+pub fn stream_record_with_bio(i: usize, table: &str, bio_words: usize) -> String {
+    let bio = "lorem ipsum dolor sit amet ".repeat(bio_words);
+    // Attributes no template reads; the small shape (no bio) has none.
+    let payload = if bio_words == 0 {
+        String::new()
+    } else {
+        format!(r#","bio":{{"S":"{bio}"}},"score":{{"N":"{i}"}},"tags":{{"SS":["a","b","c"]}}"#)
+    };
     let image = |email: &str, ms: u64| {
+        if bio_words == 0 {
+            // The small shape: the key, the e-mail and the write time only.
+            return format!(
+                r#"{{"pk":{{"S":"u{i:06}"}},"email":{{"S":"{email}"}},"updated_at_ms":{{"N":"{ms}"}}}}"#
+            );
+        }
         format!(
-            r#"{{"pk":{{"S":"user#{i:06}"}},"email":{{"S":"{email}"}},"home_region":{{"S":"us"}},"updated_at_ms":{{"N":"{ms}"}},"origin_region":{{"S":"us-east-1"}},"bio":{{"S":"{bio}"}},"score":{{"N":"{i}"}},"tags":{{"SS":["a","b","c"]}}}}"#
+            r#"{{"pk":{{"S":"user#{i:06}"}},"email":{{"S":"{email}"}},"home_region":{{"S":"us"}},"updated_at_ms":{{"N":"{ms}"}},"origin_region":{{"S":"us-east-1"}}{payload}}}"#
         )
     };
     format!(
@@ -19,6 +37,13 @@ pub fn stream_record(i: usize, table: &str) -> String {
 
 /// A Lambda DynamoDB Streams event of `n` such records.
 pub fn stream_batch(n: usize, table: &str) -> String {
-    let records: Vec<String> = (0..n).map(|i| stream_record(i, table)).collect();
+    stream_batch_with_bio(n, table, 10)
+}
+
+/// A Lambda DynamoDB Streams event of `n` [`stream_record_with_bio`] records.
+pub fn stream_batch_with_bio(n: usize, table: &str, bio_words: usize) -> String {
+    let records: Vec<String> = (0..n)
+        .map(|i| stream_record_with_bio(i, table, bio_words))
+        .collect();
     format!(r#"{{"Records":[{}]}}"#, records.join(","))
 }
