@@ -944,7 +944,16 @@ async fn replay_keeps_a_still_bad_record_in_its_store_with_its_reason() -> Resul
         "the bad record stays: {left:?}"
     );
     // Run again: the bad record is still there, still with its reason; nothing else happens.
+    // The first release of a message fails (403, not retried): the other messages are
+    // released all the same.
+    w.proxy.fail("ChangeMessageVisibility", 403, Some(1));
     let again = replay(&w, config, true).await;
+    w.proxy.clear_faults();
+    assert_eq!(
+        visible_and_depth(&c, &object_dlq).await?,
+        (1, 2),
+        "one release failed, the other message is visible again:\n{again}"
+    );
     assert_eq!(
         (again.replayed(), again.still_rejected()),
         (0, 1),
