@@ -14,6 +14,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 use tidemark::message::Invalidation;
 use tidemark_tests::alarms::State;
+use tidemark_tests::sim::canary::{tick_docs, world_canaries};
 use tidemark_tests::world::{Options, Stages, World};
 
 /// `tidemark check --live` against moto (its own file: it shares nothing with the worlds).
@@ -2262,58 +2263,17 @@ async fn heartbeats_of_every_region_feed_replication_lag_per_pair() -> Result<()
 
 // ------------------------------------------------------------------ staleness and peer down
 
-/// In-process canaries of both regions over the world's clients. `unreachable`: the
-/// region whose cross-region reads go to a closed port (as if that region were cut off).
-async fn world_canaries(
-    w: &World,
-    config: &tidemark::config::Config,
-    unreachable: Option<&str>,
-) -> Vec<tidemark::app::canary::Canary> {
-    use std::sync::Arc;
-    use tidemark::adapters::heartbeats::AwsHeartbeats;
-    use tidemark::app::canary::Canary;
-    use tidemark::ports::Heartbeats;
-    // A closed port, one attempt: a peer that refuses every connection.
-    let dead_sdk = tidemark_tests::aws::sdk_config("http://127.0.0.1:9", "us-east-1", 1).await;
-    let dead: Arc<dyn Heartbeats> = Arc::new(AwsHeartbeats::new(
-        aws_sdk_dynamodb::Client::new(&dead_sdk),
-        aws_sdk_s3::Client::new(&dead_sdk),
-    ));
-    let store = |r: &str| -> Arc<dyn Heartbeats> {
-        Arc::new(AwsHeartbeats::new(
-            w.region(r).clients.dynamodb.clone(),
-            w.region(r).clients.s3.clone(),
-        ))
-    };
-    let regions = ["us-east-1", "eu-west-1"];
-    regions
-        .iter()
-        .map(|r| Canary {
-            config: config.clone(),
-            region: (*r).to_owned(),
-            local: store(r),
-            peers: regions
-                .iter()
-                .filter(|p| *p != r)
-                .map(|p| {
-                    let c = if unreachable == Some(*p) {
-                        dead.clone()
-                    } else {
-                        store(p)
-                    };
-                    ((*p).to_owned(), c)
-                })
-                .collect(),
-            ticks: None,
-        })
-        .collect()
-}
-
-/// One tick of `canary`; its EMF documents.
-async fn tick_docs(canary: &tidemark::app::canary::Canary) -> Result<Vec<Value>> {
-    let mut m = tidemark::metrics::Metrics::new("Tidemark");
-    canary.tick_into(&mut m).await.map_err(anyhow::Error::msg)?;
-    Ok(m.drain_documents(tidemark::now_ms()))
+/// Two rounds of every canary's tick and replication, so each region holds its peers'
+/// heartbeats before a test changes anything.
+async fn warm_up(w: &mut World, canaries: &[tidemark::app::canary::Canary]) -> Result<()> {
+    for _ in 0..2 {
+        for c in canaries {
+            tick_docs(c).await?;
+        }
+        w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Values of `metric` per source for the pair `src` → `dest` in `docs`.
@@ -2358,13 +2318,7 @@ async fn paused_replication_makes_that_pair_stale_only_and_resuming_clears_it() 
     let mut w = World::start(Options::default()).await?;
     let config = tidemark::config::Config::load(&w.config_path)?;
     let canaries = world_canaries(&w, &config, None).await;
-    for _ in 0..2 {
-        for c in &canaries {
-            tick_docs(c).await?;
-        }
-        w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
-            .await?;
-    }
+    warm_up(&mut w, &canaries).await?;
     w.pause(us, eu, true);
     let mut stale = Vec::new();
     for round in 0..3 {
@@ -2461,13 +2415,7 @@ async fn a_stall_past_the_threshold_puts_the_health_check_alarm_in_alarm() -> Re
     .await?;
     let config = tidemark::config::Config::load(&w.config_path)?;
     let canaries = world_canaries(&w, &config, None).await;
-    for _ in 0..2 {
-        for c in &canaries {
-            tick_docs(c).await?;
-        }
-        w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
-            .await?;
-    }
+    warm_up(&mut w, &canaries).await?;
     w.pause(us, eu, true);
     let (mut us_docs, mut eu_docs) = (Vec::new(), Vec::new());
     let mut first_stale_tick = 0;
@@ -2510,13 +2458,7 @@ async fn a_stopped_or_unreachable_peer_is_down_and_leaves_this_region_healthy() 
     let mut config = tidemark::config::Config::load(&w.config_path)?;
     config.deployment.peer_down_after_seconds = 1;
     let canaries = world_canaries(&w, &config, None).await;
-    for _ in 0..2 {
-        for c in &canaries {
-            tick_docs(c).await?;
-        }
-        w.settle_with(NO_INVALIDATOR, Duration::from_secs(60))
-            .await?;
-    }
+    warm_up(&mut w, &canaries).await?;
 
     // us-east-1's canary stops: its own heartbeat ages past the limit.
     tokio::time::sleep(Duration::from_millis(1500)).await;
