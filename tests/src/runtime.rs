@@ -63,12 +63,13 @@ impl std::fmt::Debug for BinaryFunction {
     }
 }
 
-/// Where cargo-lambda put the local bootstraps (`target/lambda/<name>/bootstrap`), or
-/// `TIDEMARK_BIN_DIR/<name>/bootstrap`.
+/// Where `scripts/build-local.sh` put the local bootstraps
+/// (`target/lambda-local/<name>/bootstrap`: not `target/lambda`, where `sam build` puts its
+/// arm64 ones), or `TIDEMARK_BIN_DIR/<name>/bootstrap`.
 pub fn bootstrap_path(function: &str) -> Result<PathBuf> {
     let dir = match std::env::var("TIDEMARK_BIN_DIR") {
         Ok(d) => PathBuf::from(d),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/lambda"),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/lambda-local"),
     };
     let p = dir.join(function).join("bootstrap");
     if !p.exists() {
