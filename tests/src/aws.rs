@@ -213,6 +213,19 @@ impl RegionClients {
     }
 
     /// Receives and deletes everything currently in a queue (bodies).
+    /// [`RegionClients::drain`], each body parsed as JSON into `T` (an error names the body
+    /// that is not).
+    pub async fn drain_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<Vec<T>> {
+        self.drain(url)
+            .await?
+            .iter()
+            .map(|b| {
+                serde_json::from_str(b)
+                    .with_context(|| format!("a message of {url} is not the JSON expected: {b}"))
+            })
+            .collect()
+    }
+
     pub async fn drain(&self, url: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
         loop {

@@ -1001,6 +1001,12 @@ impl World {
         docs
     }
 
+    /// What a subscriber of `region`'s alert topic received so far (drained).
+    pub async fn alerts(&self, region: &str) -> Result<Vec<tidemark::ports::Alert>> {
+        let r = self.region(region);
+        r.clients.drain_json(&r.alert_queue_url).await
+    }
+
     /// The alarm evaluator's answer now for the deployed alarm `logical` of `region`, over
     /// every EMF document the region's functions printed plus `extra` (documents a test
     /// produced itself, such as in-process canary ticks).

@@ -293,6 +293,27 @@ async fn stream_failures_are_reported_by_sequence_number_only() -> Result<()> {
     Ok(())
 }
 
+/// Runs the flush of `table`'s prefixes (as `flush_command` builds it) against the cache at
+/// `url`; how many keys it removed.
+async fn flush_all(url: &str, cluster: bool, id: &str, table: &str) -> Result<u64> {
+    use tidemark::adapters::cache::{CacheAuth, CacheSettings, RedisCache};
+    let cache = RedisCache::new(CacheSettings {
+        url: url.to_owned(),
+        cluster,
+        ca_pem: None,
+        username: None,
+        auth: CacheAuth::None,
+    });
+    let cmd = flush_command(id, table)?;
+    let plan = tidemark::ports::FlushPlan {
+        batch: 100,
+        pause: std::time::Duration::ZERO,
+    };
+    Ok(tidemark::flush::run(&cache, &cmd, plan, &|_, _| {})
+        .await?
+        .total())
+}
+
 /// Fills a cache with keys of `id`: stale ones under the source's prefixes, and others.
 fn flush_fixture(id: &str) -> (Vec<String>, Vec<String>) {
     let mut stale: Vec<String> = (0..1200).map(|i| format!("{id}:user:{i}")).collect();
@@ -323,7 +344,6 @@ fn flush_command(id: &str, table: &str) -> Result<tidemark::flush::FlushCommand>
 
 async fn flush_locally(url: &str, cluster: bool) -> Result<()> {
     use redis::AsyncCommands;
-    use tidemark::adapters::cache::{CacheAuth, CacheSettings, RedisCache};
     let id = unique("flush");
     let table = format!("{id}-users");
     let (stale, kept) = flush_fixture(&id);
@@ -342,20 +362,7 @@ async fn flush_locally(url: &str, cluster: bool) -> Result<()> {
         for k in &everything {
             c.set::<_, _, ()>(k.as_str(), "v").await?;
         }
-        let cache = RedisCache::new(CacheSettings {
-            url: url.to_owned(),
-            cluster: true,
-            ca_pem: None,
-            username: None,
-            auth: CacheAuth::None,
-        });
-        let cmd = flush_command(&id, &table)?;
-        let plan = tidemark::ports::FlushPlan {
-            batch: 100,
-            pause: std::time::Duration::ZERO,
-        };
-        let report = tidemark::flush::run(&cache, &cmd, plan, &|_, _| {}).await?;
-        assert_eq!(report.total(), stale.len() as u64);
+        assert_eq!(flush_all(url, true, &id, &table).await?, stale.len() as u64);
         let mut left = Vec::new();
         for k in &everything {
             if c.exists::<_, bool>(k.as_str()).await? {
@@ -369,20 +376,10 @@ async fn flush_locally(url: &str, cluster: bool) -> Result<()> {
         for k in &everything {
             c.set::<_, _, ()>(k.as_str(), "v").await?;
         }
-        let cache = RedisCache::new(CacheSettings {
-            url: url.to_owned(),
-            cluster: false,
-            ca_pem: None,
-            username: None,
-            auth: CacheAuth::None,
-        });
-        let cmd = flush_command(&id, &table)?;
-        let plan = tidemark::ports::FlushPlan {
-            batch: 100,
-            pause: std::time::Duration::ZERO,
-        };
-        let report = tidemark::flush::run(&cache, &cmd, plan, &|_, _| {}).await?;
-        assert_eq!(report.total(), stale.len() as u64);
+        assert_eq!(
+            flush_all(url, false, &id, &table).await?,
+            stale.len() as u64
+        );
         redis::cmd("KEYS")
             .arg(format!("{id}:*"))
             .query_async::<Vec<String>>(&mut c)

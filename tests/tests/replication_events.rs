@@ -7,7 +7,6 @@
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use tidemark::ports::Alert;
 use tidemark_tests::world::{Options, World};
 
 const US: &str = "us-east-1";
@@ -54,24 +53,9 @@ pub(crate) async fn send(w: &World, region: &str, body: String) -> Result<()> {
     Ok(())
 }
 
-async fn alerts(w: &World, region: &str) -> Result<Vec<Alert>> {
-    let r = w.region(region);
-    Ok(r.clients
-        .drain(&r.alert_queue_url)
-        .await?
-        .iter()
-        .map(|b| serde_json::from_str(b).unwrap())
-        .collect())
-}
-
 async fn object_dead_letters(w: &World, region: &str) -> Result<Vec<Value>> {
     let r = w.region(region);
-    Ok(r.clients
-        .drain(&r.object_dlq_url)
-        .await?
-        .iter()
-        .map(|b| serde_json::from_str(b).unwrap())
-        .collect())
+    r.clients.drain_json(&r.object_dlq_url).await
 }
 
 fn replication_failures(w: &World, region: &str, source: &str, event: &str) -> f64 {
@@ -126,7 +110,7 @@ async fn each_replication_event_type_gives_its_metric_and_alert() -> Result<()> 
     }
     w.settle().await?;
 
-    let mut got = alerts(&w, US).await?;
+    let mut got = w.alerts(US).await?;
     got.sort_by(|a, b| a.kind.cmp(&b.kind));
     assert_eq!(got.len(), 4, "{got:?}");
     for (event, kind) in EVENTS {
@@ -158,7 +142,7 @@ async fn each_replication_event_type_gives_its_metric_and_alert() -> Result<()> 
         );
     }
     // Handled in the source region only, nothing rejected.
-    assert!(alerts(&w, EU).await?.is_empty());
+    assert!(w.alerts(EU).await?.is_empty());
     assert!(object_dead_letters(&w, US).await?.is_empty());
     Ok(())
 }
@@ -223,7 +207,7 @@ async fn failure_event_of_an_unwatched_bucket_is_dead_lettered_with_the_reason()
             .any(|r| r.contains("elsewhere-bucket") && r.contains("pattern")),
         "{reasons:?}"
     );
-    assert!(alerts(&w, US).await?.is_empty());
+    assert!(w.alerts(US).await?.is_empty());
     // Rejected records are counted, never reported as replication events.
     assert_eq!(
         replication_failures(&w, US, "assets", "OperationFailedReplication"),

@@ -58,12 +58,7 @@ async fn alert_adapter_delivers_every_alert_to_a_topic_subscriber() -> Result<()
     let sent: Vec<Alert> = (0..12).map(alert).collect();
     let results = sender.send(&sent).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
-    let mut got: Vec<Alert> = c
-        .drain(&url)
-        .await?
-        .iter()
-        .map(|b| serde_json::from_str(b).unwrap())
-        .collect();
+    let mut got: Vec<Alert> = c.drain_json(&url).await?;
     got.sort_by(|a, b| a.event_id.cmp(&b.event_id));
     let mut want = sent.clone();
     want.sort_by(|a, b| a.event_id.cmp(&b.event_id));
@@ -216,17 +211,6 @@ async fn residency_world(shape: Shape) -> Result<World> {
     .await
 }
 
-/// Alerts a subscriber of `region`'s alert topic received (drained).
-async fn alerts(w: &World, region: &str) -> Result<Vec<Alert>> {
-    let r = w.region(region);
-    Ok(r.clients
-        .drain(&r.alert_queue_url)
-        .await?
-        .iter()
-        .map(|b| serde_json::from_str(b).unwrap())
-        .collect())
-}
-
 /// Version ids of `key` in `region`'s watched bucket (delete markers excluded).
 async fn versions(w: &World, region: &str, key: &str) -> Result<Vec<String>> {
     let r = w.region(region);
@@ -284,7 +268,7 @@ async fn eu_objects_replicated_to_us_are_removed_from_us_only() -> Result<()> {
             versions(&w, US, key).await?.is_empty(),
             "{shape:?}: the replica's version is gone from us-east-1"
         );
-        let us = alerts(&w, US).await?;
+        let us = w.alerts(US).await?;
         assert_eq!(us.len(), 1, "{shape:?}: {us:?}");
         let a = &us[0];
         assert_eq!(
@@ -294,7 +278,7 @@ async fn eu_objects_replicated_to_us_are_removed_from_us_only() -> Result<()> {
         assert_eq!(a.rule.as_deref(), Some("eu-only"));
         assert_eq!(a.action, "delete-replica");
         assert!(a.event_id.contains(a.version.as_deref().unwrap()));
-        assert!(alerts(&w, EU).await?.is_empty(), "eu-west-1 is allowed");
+        assert!(w.alerts(EU).await?.is_empty(), "eu-west-1 is allowed");
     }
     Ok(())
 }
@@ -312,7 +296,7 @@ async fn keys_are_classified_on_the_decoded_key() -> Result<()> {
             .await?;
         assert_eq!(versions(&w, EU, key).await?.len(), 1, "{shape:?}");
         assert!(versions(&w, US, key).await?.is_empty(), "{shape:?}");
-        let us = alerts(&w, US).await?;
+        let us = w.alerts(US).await?;
         assert_eq!(us.len(), 1, "{shape:?}: {us:?}");
         assert_eq!(us[0].rule.as_deref(), Some("eu-special"));
         assert_eq!(us[0].key, key);
@@ -333,7 +317,7 @@ async fn hold_leaves_the_version_in_quarantine_only() -> Result<()> {
         versions(&w, US, key).await?.is_empty(),
         "no longer in the watched bucket"
     );
-    let us = alerts(&w, US).await?;
+    let us = w.alerts(US).await?;
     assert_eq!(us.len(), 1, "{us:?}");
     assert_eq!(us[0].action, "hold");
     let replica_version = us[0].version.clone().unwrap();
@@ -365,7 +349,8 @@ async fn rules_on_tags_and_metadata_are_honoured() -> Result<()> {
         1,
         "no rule matches"
     );
-    let mut us: Vec<(String, String, String)> = alerts(&w, US)
+    let mut us: Vec<(String, String, String)> = w
+        .alerts(US)
         .await?
         .into_iter()
         .map(|a| (a.key, a.rule.unwrap_or_default(), a.action))
@@ -409,7 +394,8 @@ async fn origin_objects_are_held_or_reported_never_deleted_unless_the_rule_opts_
     let held = quarantined(&w, US).await?;
     assert_eq!(held.len(), 1);
     assert!(held[0].ends_with("/hold/origin.txt"), "{held:?}");
-    let mut us: Vec<(String, String, bool)> = alerts(&w, US)
+    let mut us: Vec<(String, String, bool)> = w
+        .alerts(US)
         .await?
         .into_iter()
         .map(|a| (a.key, a.action, a.note.is_some()))
@@ -453,7 +439,7 @@ async fn eu_item_is_reported_in_us_and_stays() -> Result<()> {
         Some("anna@example.com"),
         "the item stays: a delete in a global table deletes everywhere"
     );
-    let us = alerts(&w, US).await?;
+    let us = w.alerts(US).await?;
     assert_eq!(us.len(), 1, "{us:?}");
     let a = &us[0];
     assert_eq!(
@@ -466,7 +452,7 @@ async fn eu_item_is_reported_in_us_and_stays() -> Result<()> {
     // Contents never leave: the alert carries no attribute value but the key.
     let body = serde_json::to_string(a)?;
     assert!(!body.contains("anna@example.com"), "{body}");
-    assert!(alerts(&w, EU).await?.is_empty());
+    assert!(w.alerts(EU).await?.is_empty());
     // The residency alarm, applied to this run's EMF by the alarm evaluator: it went to
     // ALARM where the item must not live (in the violation's minute, whatever minute it is
     // now), and never where it may.
@@ -499,7 +485,7 @@ async fn throttled_delete_is_retried_until_the_replica_is_gone() -> Result<()> {
     );
     assert_eq!(versions(&w, EU, key).await?.len(), 1);
     // At least once: the alert may repeat, always under the same event id.
-    let us = alerts(&w, US).await?;
+    let us = w.alerts(US).await?;
     assert!(!us.is_empty());
     assert!(us.iter().all(|a| a.event_id == us[0].event_id), "{us:?}");
     Ok(())
@@ -545,13 +531,7 @@ async fn permanent_action_failures_are_dead_lettered_with_the_reason() -> Result
     assert_eq!(versions(&w, US, "eu/denied.txt").await?.len(), 1);
     assert_eq!(versions(&w, US, "hold/nowhere.txt").await?.len(), 1);
     let r = w.region(US);
-    let dead: Vec<serde_json::Value> = r
-        .clients
-        .drain(&r.object_dlq_url)
-        .await?
-        .iter()
-        .map(|b| serde_json::from_str(b).unwrap())
-        .collect();
+    let dead: Vec<serde_json::Value> = r.clients.drain_json(&r.object_dlq_url).await?;
     let reasons: Vec<&str> = dead.iter().filter_map(|d| d["reason"].as_str()).collect();
     assert_eq!(reasons.len(), 2, "{dead:?}");
     let label = |key: &str| {
@@ -579,7 +559,7 @@ async fn permanent_action_failures_are_dead_lettered_with_the_reason() -> Result
         );
     }
     // The alerts carry the same label.
-    let mut keys: Vec<String> = alerts(&w, US).await?.into_iter().map(|a| a.key).collect();
+    let mut keys: Vec<String> = w.alerts(US).await?.into_iter().map(|a| a.key).collect();
     keys.sort();
     keys.dedup();
     let mut expected = vec![label("eu/denied.txt"), label("hold/nowhere.txt")];
