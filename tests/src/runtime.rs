@@ -29,7 +29,17 @@ pub enum InvokeResult {
 pub trait Invoke: Send + Sync {
     fn name(&self) -> &str;
     fn invoke(&self, payload: String) -> BoxFuture<'_, Result<InvokeResult>>;
+    /// The next invocation crashes `after` into it, if it has not answered by then: a
+    /// binary is killed (SIGKILL) and Lambda's behaviour follows (the invocation fails with
+    /// `Runtime.ExitError`, a fresh process serves the next one); an in-process handler is
+    /// dropped where it stands.
+    fn crash_next(&self, after: Duration);
+    /// Invocations that crashed so far.
+    fn crashes(&self) -> usize;
 }
+
+/// The error an invocation whose process died returns (Lambda's `errorType`).
+pub const EXIT_ERROR: &str = "Runtime.ExitError";
 
 type Pending = (String, String, oneshot::Sender<InvokeResult>); // (request id, payload, reply)
 
@@ -44,15 +54,24 @@ struct Shared {
     next_id: Mutex<u64>,
     /// When the first `GET …/invocation/next` arrived (init finished).
     first_next: Mutex<Option<std::time::Instant>>,
+    /// The running bootstrap.
+    child: Mutex<Option<Child>>,
+    /// Kill the process this long after handing it the next invocation.
+    crash: Mutex<Option<Duration>>,
 }
 
 /// A real bootstrap under the Runtime API.
 pub struct BinaryFunction {
     name: String,
     shared: Arc<Shared>,
-    child: Mutex<Option<Child>>,
+    /// How to start the process again after it died mid-invocation.
+    command: Mutex<Command>,
     timeout: Duration,
     spawned_at: std::time::Instant,
+    crashes: std::sync::atomic::AtomicUsize,
+    /// Serves one invocation at a time (as one Lambda execution environment does), so a
+    /// crash and the restart after it belong to one invocation.
+    serial: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for BinaryFunction {
@@ -130,38 +149,50 @@ impl BinaryFunction {
             cmd.env(k, v);
         }
         let spawned_at = std::time::Instant::now();
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
-        if let Some(out) = child.stdout.take() {
-            let s = shared.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(out).lines();
-                while let Ok(Some(l)) = lines.next_line().await {
-                    s.stdout.lock().unwrap_or_else(|e| e.into_inner()).push(l);
-                }
-            });
-        }
-        if let Some(err) = child.stderr.take() {
-            let s = shared.clone();
-            let name = instance.to_owned();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(err).lines();
-                while let Ok(Some(l)) = lines.next_line().await {
-                    if std::env::var("TIDEMARK_ECHO_LOGS").is_ok() {
-                        eprintln!("[{name}] {l}");
-                    }
-                    s.stderr.lock().unwrap_or_else(|e| e.into_inner()).push(l);
-                }
-            });
-        }
+        let child = spawn(&mut cmd, &shared, instance)?;
+        *shared.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
         Ok(Arc::new(Self {
             name: instance.to_owned(),
             shared,
-            child: Mutex::new(Some(child)),
+            command: Mutex::new(cmd),
             timeout: Duration::from_secs(60),
             spawned_at,
+            crashes: std::sync::atomic::AtomicUsize::new(0),
+            serial: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// Lambda after a process died mid-invocation: the invocation fails, and a fresh
+    /// process (a new init) serves the next one.
+    fn restart(&self, id: &str, status: std::process::ExitStatus) -> Result<InvokeResult> {
+        self.shared
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(i, _)| i != id);
+        let child = spawn(
+            &mut self.command.lock().unwrap_or_else(|e| e.into_inner()),
+            &self.shared,
+            &self.name,
+        )?;
+        *self.shared.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
+        Ok(InvokeResult::Error(
+            serde_json::json!({
+                "errorType": EXIT_ERROR,
+                "errorMessage": format!("RequestId: {id} Error: Runtime exited ({status})"),
+            })
+            .to_string(),
+        ))
+    }
+
+    /// Whether the Runtime API handed invocation `id` to the process.
+    fn handed_out(&self, id: &str) -> bool {
+        self.shared
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(i, _)| i == id)
     }
 
     /// EMF documents the function printed (stdout lines with `_aws`).
@@ -214,7 +245,8 @@ impl BinaryFunction {
 
     /// PID of the child, for memory measurements.
     pub fn pid(&self) -> Option<u32> {
-        self.child
+        self.shared
+            .child
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
@@ -223,11 +255,28 @@ impl BinaryFunction {
 
     /// Exit status if the child has exited.
     pub fn exited(&self) -> Option<std::process::ExitStatus> {
-        self.child
+        self.shared
+            .child
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for BinaryFunction {
+    fn drop(&mut self) {
+        // The Runtime API's tasks hold `shared` (and the child in it) for as long as they
+        // run: the process ends with its function.
+        if let Some(mut c) = self
+            .shared
+            .child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = c.start_kill();
+        }
     }
 }
 
@@ -236,8 +285,17 @@ impl Invoke for BinaryFunction {
         &self.name
     }
 
+    fn crash_next(&self, after: Duration) {
+        *self.shared.crash.lock().unwrap_or_else(|e| e.into_inner()) = Some(after);
+    }
+
+    fn crashes(&self) -> usize {
+        self.crashes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn invoke(&self, payload: String) -> BoxFuture<'_, Result<InvokeResult>> {
         Box::pin(async move {
+            let _one_at_a_time = self.serial.lock().await;
             let (tx, rx) = oneshot::channel();
             let id = {
                 let mut n = self
@@ -252,20 +310,29 @@ impl Invoke for BinaryFunction {
                 .queue
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push_back((id, payload, tx));
+                .push_back((id.clone(), payload, tx));
             self.shared.notify.notify_waiters();
             self.shared.notify.notify_one();
+            let tick = Duration::from_millis(50);
             let mut waited = Duration::ZERO;
             let mut rx = rx;
             loop {
-                match tokio::time::timeout(Duration::from_millis(200), &mut rx).await {
+                match tokio::time::timeout(tick, &mut rx).await {
                     Ok(r) => return r.map_err(|_| anyhow!("{}: invocation dropped", self.name)),
                     Err(_) => {
-                        waited += Duration::from_millis(200);
+                        waited += tick;
                         if let Some(e) = self.init_error() {
                             bail!("{}: init error: {e}", self.name);
                         }
                         if let Some(status) = self.exited() {
+                            if self.handed_out(&id) {
+                                // Died while it held this invocation (a crash, an OOM kill,
+                                // a panic under `panic = "abort"`): the invocation fails and
+                                // a fresh process serves the next one.
+                                self.crashes
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                return self.restart(&id, status);
+                            }
                             bail!(
                                 "{}: bootstrap exited ({status}); logs:\n{}",
                                 self.name,
@@ -280,6 +347,36 @@ impl Invoke for BinaryFunction {
             }
         })
     }
+}
+
+/// Starts the bootstrap; its stdout and stderr lines go to `shared`.
+fn spawn(cmd: &mut Command, shared: &Arc<Shared>, instance: &str) -> Result<Child> {
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("spawn {:?}", cmd.as_std().get_program()))?;
+    if let Some(out) = child.stdout.take() {
+        let s = shared.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                s.stdout.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+            }
+        });
+    }
+    if let Some(err) = child.stderr.take() {
+        let s = shared.clone();
+        let name = instance.to_owned();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                if std::env::var("TIDEMARK_ECHO_LOGS").is_ok() {
+                    eprintln!("[{name}] {l}");
+                }
+                s.stderr.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+            }
+        });
+    }
+    Ok(child)
 }
 
 async fn serve_connection(sock: tokio::net::TcpStream, s: Arc<Shared>, arn: String) -> Result<()> {
@@ -309,6 +406,23 @@ async fn serve_connection(sock: tokio::net::TcpStream, s: Arc<Shared>, arn: Stri
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push((id.clone(), reply));
+            if let Some(after) = s.crash.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let (s, id) = (s.clone(), id.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let answered = !s
+                        .inflight
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .any(|(i, _)| *i == id);
+                    if !answered
+                        && let Some(c) = s.child.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
+                    {
+                        let _ = c.start_kill();
+                    }
+                });
+            }
             let deadline = crate::now_ms() + 300_000;
             write_response(
                 &mut w,
@@ -364,6 +478,8 @@ async fn serve_connection(sock: tokio::net::TcpStream, s: Arc<Shared>, arn: Stri
 pub struct InProcess<H> {
     name: String,
     handler: Arc<H>,
+    crash: Mutex<Option<Duration>>,
+    crashes: std::sync::atomic::AtomicUsize,
 }
 
 impl<H> InProcess<H> {
@@ -371,6 +487,8 @@ impl<H> InProcess<H> {
         Self {
             name: name.to_owned(),
             handler: Arc::new(handler),
+            crash: Mutex::new(None),
+            crashes: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
@@ -380,14 +498,43 @@ impl<H: tidemark::lambda::BatchHandler + Send + 'static> Invoke for InProcess<H>
         &self.name
     }
 
+    fn crash_next(&self, after: Duration) {
+        *self.crash.lock().unwrap_or_else(|e| e.into_inner()) = Some(after);
+    }
+
+    fn crashes(&self) -> usize {
+        self.crashes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn invoke(&self, payload: String) -> BoxFuture<'_, Result<InvokeResult>> {
         let handler = self.handler.clone();
+        let crash = self.crash.lock().unwrap_or_else(|e| e.into_inner()).take();
         // The span names the function (and its region) on every log line of the invocation,
         // as a binary's own stderr would.
         let span = tracing::info_span!("invoke", function = %self.name);
         Box::pin(tracing::Instrument::instrument(
             async move {
-                Ok(match handler.handle(&payload).await {
+                let handled = handler.handle(&payload);
+                let result = match crash {
+                    None => handled.await,
+                    Some(after) => match tokio::time::timeout(after, handled).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            // The handler is dropped where it stands, as a killed process
+                            // stops.
+                            self.crashes
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            return Ok(InvokeResult::Error(
+                                serde_json::json!({
+                                    "errorType": EXIT_ERROR,
+                                    "errorMessage": "Runtime exited (crashed mid-invocation)",
+                                })
+                                .to_string(),
+                            ));
+                        }
+                    },
+                };
+                Ok(match result {
                     Ok(ids) => InvokeResult::Ok(serde_json::json!({
                         "batchItemFailures": ids.into_iter().map(|i| serde_json::json!({"itemIdentifier": i})).collect::<Vec<_>>()
                     })),

@@ -153,6 +153,9 @@ pub struct RegionWorld {
     /// The cache as the invalidator reaches it (through a gate that can fail it).
     pub cache_gate: Gate,
     pub stream_processor: Arc<dyn Invoke>,
+    /// Every function of the region by binary name (`stream-processor`,
+    /// `object-processor`, `cache-invalidator`), binary or in-process.
+    pub functions: BTreeMap<String, Arc<dyn Invoke>>,
     pub binaries: Vec<Arc<BinaryFunction>>,
     pub stream_mapping: StreamMapping,
     pub invalidation_mapping: SqsMapping,
@@ -696,6 +699,7 @@ impl World {
                 quarantine_bucket,
                 cache_gate,
                 stream_processor: invoke("stream-processor"),
+                functions: functions.clone(),
                 binaries,
                 stream_mapping,
                 invalidation_mapping,

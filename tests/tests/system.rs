@@ -686,6 +686,94 @@ async fn changes_in_both_regions_clear_both_caches_and_spare_untouched_keys() ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the emulators: run scripts/test.sh"]
+async fn functions_crashing_mid_batch_lose_nothing() -> Result<()> {
+    // us-east-1's stream-processor and eu-west-1's cache-invalidator each die in the middle
+    // of their next invocation (a binary is killed with SIGKILL). As on Lambda, the
+    // invocation fails with Runtime.ExitError and a fresh process serves the retry: the
+    // stream mapping retries the batch, the queue redelivers the messages.
+    use tidemark_tests::runtime::{EXIT_ERROR, Invoke};
+    let mut w = World::start(Options::default()).await?;
+    let keys = [
+        "user:k0",
+        "user-email:k0@x",
+        "user:k1",
+        "user:k2",
+        "user:untouched",
+    ];
+    for region in ["us-east-1", "eu-west-1"] {
+        for k in keys {
+            w.set_cached(region, k, "stale").await?;
+        }
+    }
+    let crashing = [
+        ("us-east-1", "stream-processor"),
+        ("eu-west-1", "cache-invalidator"),
+    ];
+    let pids = |w: &World| -> Vec<Option<u32>> {
+        crashing
+            .iter()
+            .map(|(r, f)| {
+                w.region(r)
+                    .binaries
+                    .iter()
+                    .find(|b| b.name() == format!("{f}-{r}"))
+                    .and_then(|b| b.pid())
+            })
+            .collect()
+    };
+    let before = pids(&w);
+    for (r, f) in crashing {
+        w.region(r).functions[f].crash_next(Duration::ZERO);
+    }
+    for i in 0..3 {
+        w.put_user("us-east-1", &format!("k{i}"), &format!("k{i}@x"))
+            .await?;
+    }
+    w.settle().await?;
+    for (r, f) in crashing {
+        assert_eq!(
+            w.region(r).functions[f].crashes(),
+            1,
+            "{f} in {r} crashed once"
+        );
+    }
+    let failed_with_exit = |log: &tidemark_tests::runtime::InvocationLog| {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, r)| r.as_ref().is_err_and(|e| e.contains(EXIT_ERROR)))
+    };
+    assert!(
+        failed_with_exit(&w.region("us-east-1").stream_mapping.log),
+        "the stream mapping saw the invocation fail with {EXIT_ERROR}"
+    );
+    assert!(
+        failed_with_exit(&w.region("eu-west-1").invalidation_mapping.log),
+        "the invalidation mapping saw the invocation fail with {EXIT_ERROR}"
+    );
+    if w.options.mode == tidemark_tests::world::Mode::Binary {
+        let after = pids(&w);
+        for (i, (r, f)) in crashing.iter().enumerate() {
+            assert!(
+                after[i].is_some() && after[i] != before[i],
+                "a fresh {f} process serves {r} after the crash ({:?} -> {:?})",
+                before[i],
+                after[i]
+            );
+        }
+    }
+    for region in ["us-east-1", "eu-west-1"] {
+        assert_eq!(
+            w.cached(region).await?,
+            ["user:untouched"],
+            "every changed key was deleted in {region} despite the crash"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
 async fn replicated_sources_stay_in_region_and_regional_ones_cross() -> Result<()> {
     // A global table: each region announces from its own replica; nothing crosses.
     let mut w = World::start(Options::default()).await?;
