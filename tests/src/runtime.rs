@@ -32,8 +32,8 @@ pub trait Invoke: Send + Sync {
     /// The next invocation crashes `after` into it, if it has not answered by then: a
     /// binary is killed (SIGKILL) and Lambda's behaviour follows (the invocation fails with
     /// `Runtime.ExitError`, a fresh process serves the next one); an in-process handler is
-    /// dropped where it stands.
-    fn crash_next(&self, after: Duration);
+    /// dropped where it stands. `None` disarms a crash not reached yet.
+    fn crash_next(&self, after: Option<Duration>);
     /// Invocations that crashed so far.
     fn crashes(&self) -> usize;
 }
@@ -58,6 +58,10 @@ struct Shared {
     child: Mutex<Option<Child>>,
     /// Kill the process this long after handing it the next invocation.
     crash: Mutex<Option<Duration>>,
+    /// Processes killed that way while they held an invocation.
+    crashes: std::sync::atomic::AtomicUsize,
+    /// The running process finished its init (asked for an invocation).
+    ready: std::sync::atomic::AtomicBool,
 }
 
 /// A real bootstrap under the Runtime API.
@@ -68,7 +72,6 @@ pub struct BinaryFunction {
     command: Mutex<Command>,
     timeout: Duration,
     spawned_at: std::time::Instant,
-    crashes: std::sync::atomic::AtomicUsize,
     /// Serves one invocation at a time (as one Lambda execution environment does), so a
     /// crash and the restart after it belong to one invocation.
     serial: tokio::sync::Mutex<()>,
@@ -157,19 +160,21 @@ impl BinaryFunction {
             command: Mutex::new(cmd),
             timeout: Duration::from_secs(60),
             spawned_at,
-            crashes: std::sync::atomic::AtomicUsize::new(0),
             serial: tokio::sync::Mutex::new(()),
         }))
     }
 
     /// Lambda after a process died mid-invocation: the invocation fails, and a fresh
     /// process (a new init) serves the next one.
-    fn restart(&self, id: &str, status: std::process::ExitStatus) -> Result<InvokeResult> {
+    fn restart(&self, id: Option<&str>, status: std::process::ExitStatus) -> Result<InvokeResult> {
         self.shared
             .inflight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|(i, _)| i != id);
+            .retain(|(i, _)| Some(i.as_str()) != id);
+        self.shared
+            .ready
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         let child = spawn(
             &mut self.command.lock().unwrap_or_else(|e| e.into_inner()),
             &self.shared,
@@ -179,7 +184,7 @@ impl BinaryFunction {
         Ok(InvokeResult::Error(
             serde_json::json!({
                 "errorType": EXIT_ERROR,
-                "errorMessage": format!("RequestId: {id} Error: Runtime exited ({status})"),
+                "errorMessage": format!("RequestId: {} Error: Runtime exited ({status})", id.unwrap_or("-")),
             })
             .to_string(),
         ))
@@ -285,12 +290,14 @@ impl Invoke for BinaryFunction {
         &self.name
     }
 
-    fn crash_next(&self, after: Duration) {
-        *self.shared.crash.lock().unwrap_or_else(|e| e.into_inner()) = Some(after);
+    fn crash_next(&self, after: Option<Duration>) {
+        *self.shared.crash.lock().unwrap_or_else(|e| e.into_inner()) = after;
     }
 
     fn crashes(&self) -> usize {
-        self.crashes.load(std::sync::atomic::Ordering::Relaxed)
+        self.shared
+            .crashes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn invoke(&self, payload: String) -> BoxFuture<'_, Result<InvokeResult>> {
@@ -329,9 +336,13 @@ impl Invoke for BinaryFunction {
                                 // Died while it held this invocation (a crash, an OOM kill,
                                 // a panic under `panic = "abort"`): the invocation fails and
                                 // a fresh process serves the next one.
-                                self.crashes
-                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                return self.restart(&id, status);
+                                return self.restart(Some(&id), status);
+                            }
+                            if self.shared.ready.load(std::sync::atomic::Ordering::SeqCst) {
+                                // Died between invocations (killed just after it answered
+                                // the last one): a fresh process serves this one.
+                                self.restart(None, status)?;
+                                continue;
                             }
                             bail!(
                                 "{}: bootstrap exited ({status}); logs:\n{}",
@@ -389,6 +400,7 @@ async fn serve_connection(sock: tokio::net::TcpStream, s: Arc<Shared>, arn: Stri
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get_or_insert_with(std::time::Instant::now);
+            s.ready.store(true, std::sync::atomic::Ordering::SeqCst);
             let next = loop {
                 let notified = s.notify.notified();
                 if let Some(p) = s
@@ -410,16 +422,13 @@ async fn serve_connection(sock: tokio::net::TcpStream, s: Arc<Shared>, arn: Stri
                 let (s, id) = (s.clone(), id.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(after).await;
-                    let answered = !s
-                        .inflight
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .iter()
-                        .any(|(i, _)| *i == id);
-                    if !answered
+                    // Under the lock an answer is taken with: killed only if unanswered.
+                    let inflight = s.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                    if inflight.iter().any(|(i, _)| *i == id)
                         && let Some(c) = s.child.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
+                        && c.start_kill().is_ok()
                     {
-                        let _ = c.start_kill();
+                        s.crashes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 });
             }
@@ -498,8 +507,8 @@ impl<H: tidemark::lambda::BatchHandler + Send + 'static> Invoke for InProcess<H>
         &self.name
     }
 
-    fn crash_next(&self, after: Duration) {
-        *self.crash.lock().unwrap_or_else(|e| e.into_inner()) = Some(after);
+    fn crash_next(&self, after: Option<Duration>) {
+        *self.crash.lock().unwrap_or_else(|e| e.into_inner()) = after;
     }
 
     fn crashes(&self) -> usize {

@@ -914,6 +914,53 @@ impl World {
     }
 
     /// A redis connection to `region`'s cache.
+    /// `tidemark replay` for `region`: the stores, topics and queues its deployed stack
+    /// defines, as the command resolves them by name.
+    pub fn replay(
+        &self,
+        region: &str,
+        config: tidemark::config::Config,
+    ) -> tidemark::replay::Replay {
+        use tidemark::adapters::dead_letter::SqsQueue;
+        use tidemark::replay::{Replay, Stores};
+        let r = self.region(region);
+        let c = &r.clients;
+        let bucket = &r.dead_letter_bucket;
+        Replay {
+            config,
+            region: region.to_owned(),
+            publisher: Arc::new(SnsPublisher::new(c.sns.clone(), r.topic_arn.clone())),
+            alerts: Arc::new(SnsAlerts::new(c.sns.clone(), r.alert_topic_arn.clone())),
+            labels: Arc::new(tidemark::keyhash::KeyLabels::plain()),
+            objects: Arc::new(S3ObjectStore::new(c.s3.clone())),
+            stores: Stores {
+                dead_letters: Some(Arc::new(tidemark::adapters::dead_letter::S3Kept::new(
+                    c.s3.clone(),
+                    bucket.clone(),
+                    "dead-letter/stream-processor/".into(),
+                ))),
+                given_up: Some(Arc::new(tidemark::adapters::dead_letter::S3Kept::new(
+                    c.s3.clone(),
+                    r.failure_bucket.clone(),
+                    "aws/lambda/".into(),
+                ))),
+                object_dlq: Some(Arc::new(SqsQueue::new(
+                    c.sqs.clone(),
+                    r.object_dlq_url.clone(),
+                ))),
+                invalidation_dlq: Some(Arc::new(SqsQueue::new(
+                    c.sqs.clone(),
+                    r.queue_dlq_url.clone(),
+                ))),
+                invalidation_queue: Some(Arc::new(SqsQueue::new(
+                    c.sqs.clone(),
+                    r.queue_url.clone(),
+                ))),
+                overflow: Some(Arc::new(S3DeadLetter::new(c.s3.clone(), bucket.clone()))),
+            },
+        }
+    }
+
     pub async fn cache(&self, region: &str) -> Result<redis::aio::MultiplexedConnection> {
         let client = redis::Client::open(self.region(region).redis_url.as_str())?;
         Ok(client.get_multiplexed_async_connection().await?)

@@ -454,51 +454,8 @@ async fn flush_command_travels_through_the_invalidation_queue() -> Result<()> {
 
 // ------------------------------------------------------------------ replay
 
-use std::sync::Arc;
-use tidemark::adapters::dead_letter::SqsQueue;
-use tidemark::replay::{Replay, Store, Stores, Summary, Verdict};
+use tidemark::replay::{Store, Summary, Verdict};
 use tidemark_tests::world::{Options, Stages, World};
-
-/// `tidemark replay` for `region` of a world: the stores, topics and queues its deployed
-/// stack defines, as the command resolves them by name.
-fn replay_in(w: &World, region: &str, config: tidemark::config::Config) -> Replay {
-    use tidemark::adapters::{
-        alerts::SnsAlerts, dead_letter::S3Kept, object_store::S3ObjectStore, sns::SnsPublisher,
-    };
-    let r = w.region(region);
-    let c = &r.clients;
-    let bucket = &r.dead_letter_bucket;
-    Replay {
-        config,
-        region: region.to_owned(),
-        publisher: Arc::new(SnsPublisher::new(c.sns.clone(), r.topic_arn.clone())),
-        alerts: Arc::new(SnsAlerts::new(c.sns.clone(), r.alert_topic_arn.clone())),
-        labels: Arc::new(tidemark::keyhash::KeyLabels::plain()),
-        objects: Arc::new(S3ObjectStore::new(c.s3.clone())),
-        stores: Stores {
-            dead_letters: Some(Arc::new(S3Kept::new(
-                c.s3.clone(),
-                bucket.clone(),
-                "dead-letter/stream-processor/".into(),
-            ))),
-            given_up: Some(Arc::new(S3Kept::new(
-                c.s3.clone(),
-                r.failure_bucket.clone(),
-                "aws/lambda/".into(),
-            ))),
-            object_dlq: Some(Arc::new(SqsQueue::new(
-                c.sqs.clone(),
-                r.object_dlq_url.clone(),
-            ))),
-            invalidation_dlq: Some(Arc::new(SqsQueue::new(
-                c.sqs.clone(),
-                r.queue_dlq_url.clone(),
-            ))),
-            invalidation_queue: Some(Arc::new(SqsQueue::new(c.sqs.clone(), r.queue_url.clone()))),
-            overflow: Some(Arc::new(S3DeadLetter::new(c.s3.clone(), bucket.clone()))),
-        },
-    }
-}
 
 async fn replay(w: &World, config: tidemark::config::Config, apply: bool) -> Summary {
     let options = tidemark::replay::Options {
@@ -506,9 +463,7 @@ async fn replay(w: &World, config: tidemark::config::Config, apply: bool) -> Sum
         from: Store::ALL.to_vec(),
         limit: None,
     };
-    replay_in(w, REGION, config)
-        .run(&options, &|_, _, _| {})
-        .await
+    w.replay(REGION, config).run(&options, &|_, _, _| {}).await
 }
 
 /// Keys of a bucket under `prefix`.

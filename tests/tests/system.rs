@@ -723,7 +723,7 @@ async fn functions_crashing_mid_batch_lose_nothing() -> Result<()> {
     };
     let before = pids(&w);
     for (r, f) in crashing {
-        w.region(r).functions[f].crash_next(Duration::ZERO);
+        w.region(r).functions[f].crash_next(Some(Duration::ZERO));
     }
     for i in 0..3 {
         w.put_user("us-east-1", &format!("k{i}"), &format!("k{i}@x"))

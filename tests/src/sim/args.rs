@@ -25,6 +25,7 @@ OPTIONS:
                              sns-refused        SNS refuses PublishBatch (a bounded number of calls)
                              replication-paused us-east-1 -> eu-west-1 replication paused
                              malformed          poison stream records and garbage object events
+                             function-crash     a stream-processor and a cache-invalidator killed mid-invocation
     --seed N               seed of the workload and the fault order (default 1)
     --in-process           call the handlers in-process instead of the cargo-lambda binaries
     --report PATH          where the JSON report goes (default target/tidemark-sim-report.json)

@@ -15,14 +15,19 @@ pub enum Fault {
     /// Poison records in us-east-1's stream mapping and garbage on eu-west-1's object
     /// events queue.
     Malformed,
+    /// us-east-1's stream-processor and eu-west-1's cache-invalidator killed in the middle
+    /// of an invocation, about once a second: Lambda fails the invocation
+    /// (`Runtime.ExitError`) and starts a fresh process for the retry.
+    FunctionCrash,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 4] = [
+    pub const ALL: [Fault; 5] = [
         Fault::CacheRefused,
         Fault::SnsRefused,
         Fault::ReplicationPaused,
         Fault::Malformed,
+        Fault::FunctionCrash,
     ];
 
     pub fn name(self) -> &'static str {
@@ -31,6 +36,7 @@ impl Fault {
             Fault::SnsRefused => "sns-refused",
             Fault::ReplicationPaused => "replication-paused",
             Fault::Malformed => "malformed",
+            Fault::FunctionCrash => "function-crash",
         }
     }
 
@@ -106,7 +112,7 @@ mod tests {
     fn windows_do_not_overlap_and_fit_in_the_run() {
         let mut rng = super::super::rng::Rng::new(3);
         let p = plan(&Fault::ALL, 60.0, &mut rng);
-        assert_eq!(p.len(), 4);
+        assert_eq!(p.len(), Fault::ALL.len());
         for w in p.windows(2) {
             assert!(w[0].end_s <= w[1].start_s, "{p:?}");
         }

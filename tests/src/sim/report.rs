@@ -20,19 +20,30 @@ pub struct FaultWindow {
     pub end_ms: Option<u64>,
 }
 
-/// What the runbook's recovery did after the faults ended.
+/// What `tidemark replay --apply` did in a region.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Replayed {
+    /// Records run through the functions' handlers again (their invalidations published).
+    pub records: usize,
+    /// Cache keys in the invalidations published.
+    pub keys: usize,
+    /// Invalidation messages sent back to the invalidation queue.
+    pub requeued: usize,
+    /// Records rejected again: they stay in their store, with their reason.
+    pub still_rejected: usize,
+    /// Kept things that failed for a transient reason or were skipped: they stay.
+    pub left: usize,
+}
+
+/// What the runbook's recovery did after the faults ended: `tidemark replay` in each
+/// region, a dry run (what the dead-letter stores hold) and then `--apply`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Recovery {
-    /// Per region: messages redriven from the invalidation / object-events DLQs to their
-    /// source queues ("DlqDepth": invalidations are idempotent).
-    pub redriven: BTreeMap<String, usize>,
-    /// Per region: whether the table's cache keys were flushed ("StreamBatchGivenUp").
-    pub flushed: BTreeMap<String, usize>,
-    /// Stream batches Lambda gave up (objects under `aws/lambda/`), per region.
-    pub given_up_batches: BTreeMap<String, usize>,
-    /// Entries the functions dead-lettered with a reason, per region and reason.
+    /// Per region: the dry run's verdicts, `<store>: <verdict>[: <reason>]` → records.
     pub dead_letters: BTreeMap<String, BTreeMap<String, usize>>,
-    /// Dead-letter entries' ids (sequence numbers / message ids / injected markers found).
+    /// Per region: what `--apply` did (absent: nothing to replay).
+    pub replays: BTreeMap<String, Replayed>,
+    /// Ids of the records the stores keep (sequence numbers, message ids).
     #[serde(skip)]
     pub found: Vec<String>,
     pub lines: Vec<String>,
@@ -50,105 +61,87 @@ pub struct Outcome {
     pub conflict_window_ms: u64,
     pub injected_poison: Vec<(String, String)>,
     pub injected_garbage: Vec<(String, String)>,
+    /// Invocations that crashed, per function and region.
+    pub crashes: BTreeMap<String, usize>,
 }
 
-/// Reads every dead-letter store, redrives what the DLQs hold without a reason (given up
-/// after 5 receives) and flushes a region's table keys when Lambda gave a stream batch up.
-pub async fn recover(w: &mut World) -> Result<Recovery> {
+/// The runbook after an outage longer than the retries: `tidemark replay --region R`
+/// (a dry run: what every dead-letter store keeps, and whether it would go through), then
+/// `--apply` when something would be replayed (given-up stream batches run through the
+/// stream-processor again, given-up invalidation messages go back to their queue; records
+/// rejected again stay where they are, with their reason).
+pub async fn recover(w: &mut World, config: &tidemark::config::Config) -> Result<Recovery> {
+    use tidemark::replay::{Options, Store, Verdict};
     let mut rec = Recovery::default();
+    let mut replayed_any = false;
     for r in REGIONS {
-        let region = w.region(r);
-        let dl = w.dead_letters(r).await?;
-        let reasons = rec.dead_letters.entry(r.to_owned()).or_default();
-        for body in &dl {
-            let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-            *reasons
-                .entry(format!(
-                    "stream: {}",
-                    short(v["reason"].as_str().unwrap_or("(no reason)"))
-                ))
-                .or_default() += 1;
-            if let Some(id) = v["id"].as_str() {
-                rec.found.push(id.to_owned());
-            }
-        }
-        let given_up = region
-            .clients
-            .s3
-            .list_objects_v2()
-            .bucket(&region.dead_letter_bucket)
-            .prefix("aws/lambda/")
-            .send()
-            .await?
-            .contents()
-            .len();
-        rec.given_up_batches.insert(r.to_owned(), given_up);
-        let mut redriven = 0;
-        for (dlq, source, what) in [
-            (&region.queue_dlq_url, &region.queue_url, "invalidation"),
-            (
-                &region.object_dlq_url,
-                &region.object_queue_url,
-                "object-events",
-            ),
-        ] {
-            for body in region.clients.drain(dlq).await? {
-                let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-                if let Some(reason) = v["reason"].as_str() {
-                    *reasons
-                        .entry(format!("{what}: {}", short(reason)))
-                        .or_default() += 1;
-                    let record = v["record"].as_str().unwrap_or_default();
-                    rec.found.push(record.to_owned());
-                } else {
-                    // Given up after 5 receives: the runbook redrives it.
-                    region
-                        .clients
-                        .sqs
-                        .send_message()
-                        .queue_url(source)
-                        .message_body(body)
-                        .send()
-                        .await?;
-                    redriven += 1;
+        let replay = w.replay(r, config.clone());
+        let dry = replay
+            .run(
+                &Options {
+                    apply: false,
+                    from: Store::ALL.to_vec(),
+                    limit: None,
+                },
+                &|_, _, _| {},
+            )
+            .await;
+        let held = rec.dead_letters.entry(r.to_owned()).or_default();
+        for item in &dry.items {
+            let store = item.store.name();
+            match &item.verdict {
+                Verdict::Replayed => {
+                    *held.entry(format!("{store}: would replay")).or_default() += item.records;
+                }
+                Verdict::StillRejected { records } => {
+                    for x in records {
+                        *held
+                            .entry(format!("{store}: rejected: {}", short(&x.reason)))
+                            .or_default() += 1;
+                        rec.found.push(x.id.clone());
+                    }
+                }
+                Verdict::Failed { reason } | Verdict::Skipped { reason } => {
+                    *held
+                        .entry(format!("{store}: left: {}", short(reason)))
+                        .or_default() += item.records;
                 }
             }
         }
-        rec.redriven.insert(r.to_owned(), redriven);
-        if redriven > 0 {
-            rec.lines.push(format!(
-                "{r}: redrove {redriven} message(s) from the dead-letter queues to their source queues (DlqDepth)"
-            ));
+        if dry.replayed() == 0 {
+            continue;
         }
+        rec.lines.push(format!(
+            "{r}: tidemark replay --region {r}: {} record(s) would be replayed, {} rejected again",
+            dry.replayed(),
+            dry.still_rejected()
+        ));
+        let applied = replay
+            .run(
+                &Options {
+                    apply: true,
+                    from: Store::ALL.to_vec(),
+                    limit: None,
+                },
+                &|_, _, _| {},
+            )
+            .await;
+        let done = Replayed {
+            records: applied.replayed(),
+            keys: applied.keys,
+            requeued: applied.requeued,
+            still_rejected: applied.still_rejected(),
+            left: applied.failed() + applied.skipped(),
+        };
+        rec.lines.push(format!(
+            "{r}: tidemark replay --region {r} --apply: replayed {} record(s) ({} cache keys published, {} invalidation message(s) back on their queue); {} rejected again stay with their reason; {} left for a second run",
+            done.records, done.keys, done.requeued, done.still_rejected, done.left
+        ));
+        replayed_any |= done.records > 0;
+        rec.replays.insert(r.to_owned(), done);
     }
-    if rec.redriven.values().sum::<usize>() > 0 {
+    if replayed_any {
         w.settle().await?;
-    }
-    for r in REGIONS {
-        if rec.given_up_batches[r] > 0 {
-            // `tidemark flush <table> --region r`: every key under the table's literal
-            // prefixes.
-            let mut c = w.cache(r).await?;
-            let mut n = 0;
-            for p in ["user:", "user-email:"] {
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{}{p}*", w.key_prefix))
-                    .query_async(&mut c)
-                    .await?;
-                for k in keys {
-                    redis::cmd("UNLINK")
-                        .arg(&k)
-                        .query_async::<()>(&mut c)
-                        .await?;
-                    n += 1;
-                }
-            }
-            rec.flushed.insert(r.to_owned(), n);
-            rec.lines.push(format!(
-                "{r}: {} stream batch(es) given up: flushed the table's {n} cache keys (StreamBatchGivenUp)",
-                rec.given_up_batches[r]
-            ));
-        }
     }
     Ok(rec)
 }
@@ -203,10 +196,10 @@ pub struct RegionReport {
     pub invalidation_age_ms: Percentiles,
     pub residency_violations: f64,
     pub residency_actions: BTreeMap<String, f64>,
+    /// What the dead-letter stores held at the end (`tidemark replay`'s dry run).
     pub dead_letters: BTreeMap<String, usize>,
-    pub redriven: usize,
-    pub flushed_keys: usize,
-    pub given_up_batches: usize,
+    /// What `tidemark replay --apply` did (absent: nothing to replay).
+    pub replayed: Option<Replayed>,
     pub alarms_fired: Vec<AlarmReport>,
     pub alarms_evaluated: usize,
 }
@@ -245,7 +238,8 @@ pub struct Report {
     pub stale_keys: usize,
     pub lost_records: usize,
     pub faults: Vec<FaultWindow>,
-    pub faults_not_simulated: Vec<String>,
+    /// Invocations that crashed mid-batch (the function-crash fault), per function and region.
+    pub crashes: BTreeMap<String, usize>,
     pub malformed_injected: usize,
     pub malformed_dead_lettered: usize,
     pub runbook: Vec<String>,
@@ -412,11 +406,11 @@ pub async fn build(
             missing_malformed.push((r.clone(), format!("poison record seq {seq}")));
         }
     }
-    for (r, marker) in &o.injected_garbage {
-        if o.recovery.found.iter().any(|f| f.contains(marker.as_str())) {
+    for (r, id) in &o.injected_garbage {
+        if o.recovery.found.iter().any(|f| f == id) {
             malformed_found += 1;
         } else {
-            missing_malformed.push((r.clone(), format!("garbage message {marker}")));
+            missing_malformed.push((r.clone(), format!("garbage message {id}")));
         }
     }
     for (r, what) in missing_malformed {
@@ -489,14 +483,7 @@ pub async fn build(
             residency_violations: sum(&docs, "ResidencyViolations"),
             residency_actions: actions,
             dead_letters: o.recovery.dead_letters.get(r).cloned().unwrap_or_default(),
-            redriven: o.recovery.redriven.get(r).copied().unwrap_or_default(),
-            flushed_keys: o.recovery.flushed.get(r).copied().unwrap_or_default(),
-            given_up_batches: o
-                .recovery
-                .given_up_batches
-                .get(r)
-                .copied()
-                .unwrap_or_default(),
+            replayed: o.recovery.replays.get(r).cloned(),
             alarms_fired: fired,
             alarms_evaluated: evaluated,
         });
@@ -546,9 +533,7 @@ pub async fn build(
         stale_keys: total_stale,
         lost_records: total_lost,
         faults: o.fault_windows,
-        faults_not_simulated: vec![
-            "function-crash (a function crashing mid-batch): not simulated yet".to_owned(),
-        ],
+        crashes: o.crashes,
         malformed_injected: o.injected_poison.len() + o.injected_garbage.len(),
         malformed_dead_lettered: malformed_found,
         runbook: o.recovery.lines,
@@ -582,8 +567,8 @@ pub fn print(r: &Report) {
             f.detail
         );
     }
-    for n in &r.faults_not_simulated {
-        println!("  ({n})");
+    for (f, n) in r.crashes.iter().filter(|(_, n)| **n > 0) {
+        println!("  {f}: {n} invocation(s) crashed mid-batch, each retried in a fresh process");
     }
     for g in &r.regions {
         println!("{}:", g.region);
@@ -617,10 +602,20 @@ pub fn print(r: &Report) {
             "  residency violations {}; actions {:?}",
             g.residency_violations, g.residency_actions
         );
-        println!(
-            "  dead letters {:?}; stream batches given up {}; redriven {}; flushed keys {}",
-            g.dead_letters, g.given_up_batches, g.redriven, g.flushed_keys
-        );
+        if g.dead_letters.is_empty() {
+            println!("  dead-letter stores: empty");
+        } else {
+            println!("  dead-letter stores (tidemark replay, dry run):");
+            for (what, n) in &g.dead_letters {
+                println!("    {n:>4} {what}");
+            }
+        }
+        if let Some(x) = &g.replayed {
+            println!(
+                "  replayed {} record(s) ({} keys published, {} messages requeued); {} rejected again; {} left",
+                x.records, x.keys, x.requeued, x.still_rejected, x.left
+            );
+        }
         if g.alarms_fired.is_empty() {
             println!("  alarms: none of {} fired", g.alarms_evaluated);
         }

@@ -291,6 +291,27 @@ struct FaultRunner {
     /// its planned length).
     started_s: Vec<f64>,
     windows: Vec<FaultWindow>,
+    /// When the function-crash fault last armed a crash.
+    last_crash_s: f64,
+}
+
+/// The functions the function-crash fault kills mid-invocation.
+pub const CRASHING: [(&str, &str); 2] = [(US, "stream-processor"), (EU, "cache-invalidator")];
+/// How far into an invocation a crash lands, at most (drawn from the seed).
+const CRASH_WITHIN_MS: usize = 4;
+
+/// Arms one crash per function: the stream-processor 0–4 ms into its next invocation (it
+/// decodes and publishes for longer than that); the cache-invalidator, which answers within
+/// a millisecond, as soon as it holds the invocation.
+fn arm_crashes(sim: &mut Sim) {
+    for (r, f) in CRASHING {
+        let after = if f == "stream-processor" {
+            Duration::from_millis(sim.rng.below(CRASH_WITHIN_MS + 1) as u64)
+        } else {
+            Duration::ZERO
+        };
+        sim.w.region(r).functions[f].crash_next(Some(after));
+    }
 }
 
 impl FaultRunner {
@@ -333,6 +354,14 @@ impl FaultRunner {
                     "  [{elapsed_s:6.1}s] fault cache-refused: us-east-1's cache now black-holed"
                 );
             }
+            if self.state[i] == 1
+                && p.fault == Fault::FunctionCrash
+                && elapsed_s >= self.last_crash_s + 1.0
+                && !end_all
+            {
+                self.last_crash_s = elapsed_s;
+                arm_crashes(sim);
+            }
             if (1..=2).contains(&self.state[i]) && (elapsed_s >= self.started_s[i] + len || end_all)
             {
                 self.state[i] = 3;
@@ -366,6 +395,12 @@ async fn start(sim: &mut Sim, fault: Fault) -> Result<String> {
             sim.w.pause(US, EU, true);
             "replication us-east-1 -> eu-west-1 paused (table and bucket)".to_owned()
         }
+        Fault::FunctionCrash => {
+            arm_crashes(sim);
+            format!(
+                "us-east-1's stream-processor and eu-west-1's cache-invalidator killed mid-invocation (the stream-processor 0-{CRASH_WITHIN_MS} ms in, the invalidator as it starts), about once a second (Runtime.ExitError, a fresh process for the retry)"
+            )
+        }
         Fault::Malformed => {
             let arn = sim.w.region(US).stream_arn.clone();
             let base = crate::now_ms();
@@ -383,15 +418,16 @@ async fn start(sim: &mut Sim, fault: Fault) -> Result<String> {
             }
             let r = sim.w.region(EU);
             for i in 0..MALFORMED_BURST {
-                let marker = format!("sim-garbage-{base}-{i}");
-                r.clients
+                let sent = r
+                    .clients
                     .sqs
                     .send_message()
                     .queue_url(&r.object_queue_url)
-                    .message_body(format!("{marker}: not an event"))
+                    .message_body(format!("sim-garbage-{base}-{i}: not an event"))
                     .send()
                     .await?;
-                sim.injected_garbage.push((EU.to_owned(), marker));
+                let id = sent.message_id().unwrap_or_default().to_owned();
+                sim.injected_garbage.push((EU.to_owned(), id));
             }
             format!(
                 "{MALFORMED_BURST} poison records into us-east-1's stream mapping, {MALFORMED_BURST} garbage messages onto eu-west-1's object-events queue"
@@ -406,6 +442,12 @@ fn end(sim: &mut Sim, fault: Fault) {
         Fault::SnsRefused => sim.w.proxy.clear_faults(),
         Fault::ReplicationPaused => sim.w.pause(US, EU, false),
         Fault::Malformed => {}
+        Fault::FunctionCrash => {
+            // A crash armed and not reached yet is disarmed.
+            for (r, f) in CRASHING {
+                sim.w.region(r).functions[f].crash_next(None);
+            }
+        }
     }
 }
 
@@ -468,6 +510,7 @@ pub async fn run(args: &Args) -> Result<report::Report> {
         started_s: vec![0.0; plan.len()],
         plan,
         windows: Vec::new(),
+        last_crash_s: 0.0,
     };
     for p in &faults.plan {
         println!(
@@ -550,7 +593,7 @@ pub async fn run(args: &Args) -> Result<report::Report> {
     sim.w
         .settle_with(Stages::ALL, Duration::from_secs(180))
         .await?;
-    let recovery = report::recover(&mut sim.w).await?;
+    let recovery = report::recover(&mut sim.w, &config).await?;
     for line in &recovery.lines {
         println!("  runbook: {line}");
     }
@@ -580,6 +623,10 @@ pub async fn run(args: &Args) -> Result<report::Report> {
         conflict_window_ms: sim.sticky_ms,
         injected_poison: sim.injected_poison.clone(),
         injected_garbage: sim.injected_garbage.clone(),
+        crashes: CRASHING
+            .iter()
+            .map(|(r, f)| (format!("{f} {r}"), sim.w.region(r).functions[*f].crashes()))
+            .collect(),
     };
     report::build(&sim.w, &sim.ledger, &canary_docs, outcome).await
 }
