@@ -1,12 +1,11 @@
 //! The simulation itself: world, workload, readers, faults, the end-of-run recovery and
 //! the checks against the ledger.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use aws_sdk_dynamodb::types::AttributeValue as A;
-use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 
 use super::args::Args;
@@ -24,16 +23,12 @@ pub const DELAY_US_TO_EU: Duration = Duration::from_millis(300);
 pub const DELAY_EU_TO_US: Duration = Duration::from_millis(700);
 /// The delayed second delete (`SecondDeleteDelaySeconds`).
 pub const SECOND_DELETE_S: u32 = 2;
-/// TTL of what readers put in the caches (the README's advice: a TTL as a backstop).
-pub const READ_TTL_S: u64 = 600;
-/// Reads per region per round of the loop.
-const READS_PER_ROUND: usize = 8;
 /// Poison records / garbage messages per malformed burst.
 const MALFORMED_BURST: usize = 5;
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// The users the workload writes: some keys carry spaces, `+`, `%` and non-ASCII.
-fn pk_name(i: usize) -> String {
+pub(super) fn pk_name(i: usize) -> String {
     match i % 5 {
         1 => format!("user {i}"),
         2 => format!("user+{i}"),
@@ -51,7 +46,7 @@ fn is_eu_item(i: usize) -> bool {
 
 /// Objects: (key, origin region). `eu/` and `résidence eu+/%/` keys are EU-only
 /// (delete-replica in us-east-1) and written in eu-west-1.
-fn object_key(i: usize) -> (String, &'static str) {
+pub(super) fn object_key(i: usize) -> (String, &'static str) {
     match i % 6 {
         0 => (format!("eu/customer {i}.txt"), EU),
         1 => (format!("docs/report {i}.txt"), US),
@@ -72,10 +67,6 @@ struct Sim {
     ledger: Ledger,
     items: usize,
     objects: usize,
-    /// Per region: the readers' own connection to the cache (not through the gate: the
-    /// application keeps reaching its cache when the invalidator cannot).
-    readers: BTreeMap<String, MultiplexedConnection>,
-    reads: BTreeMap<String, (u64, u64)>,
     version: u64,
     /// Changes to one key within this window stay in the region that made the last one
     /// (only the explicit concurrent pairs cross).
@@ -85,10 +76,6 @@ struct Sim {
 }
 
 impl Sim {
-    fn prefix(&self) -> &str {
-        &self.w.key_prefix
-    }
-
     async fn put_item(
         &mut self,
         region: &str,
@@ -205,82 +192,12 @@ impl Sim {
         }
         Ok(())
     }
-
-    /// Reads as an application does: the cache, and on a miss the region's replica, then
-    /// SET with a TTL.
-    async fn read(&mut self, region: &str) -> Result<()> {
-        let (full, fill) = if self.rng.chance(0.7) {
-            let pk = pk_name(self.rng.below(self.items));
-            (format!("{}user:{pk}", self.prefix()), Target::Item(pk))
-        } else {
-            let (key, _) = object_key(self.rng.below(self.objects));
-            (format!("{}asset:{key}", self.prefix()), Target::Object(key))
-        };
-        let conn = self.readers.get_mut(region).context("reader connection")?;
-        let hit: Option<String> = redis::cmd("GET").arg(&full).query_async(conn).await?;
-        let counts = self.reads.entry(region.to_owned()).or_default();
-        counts.0 += 1;
-        if hit.is_some() {
-            counts.1 += 1;
-            return Ok(());
-        }
-        let mut sets = Vec::new();
-        match fill {
-            Target::Item(pk) => {
-                if let Some(email) = self.w.get_user(region, &pk).await? {
-                    sets.push((full, email.clone()));
-                    sets.push((format!("{}user-email:{email}", self.prefix()), pk));
-                }
-            }
-            Target::Object(key) => {
-                if let Some(body) = object_body(&self.w, region, &key).await? {
-                    sets.push((full, body));
-                }
-            }
-        }
-        let conn = self.readers.get_mut(region).context("reader connection")?;
-        for (k, v) in sets {
-            redis::cmd("SET")
-                .arg(&k)
-                .arg(&v)
-                .arg("EX")
-                .arg(READ_TTL_S)
-                .query_async::<()>(conn)
-                .await?;
-        }
-        Ok(())
-    }
-}
-
-enum Target {
-    Item(String),
-    Object(String),
 }
 
 /// The current body of `key` in `region`'s watched bucket (None: absent).
 pub async fn object_body(w: &World, region: &str, key: &str) -> Result<Option<String>> {
     let r = w.region(region);
-    match r
-        .clients
-        .s3
-        .get_object()
-        .bucket(&r.bucket)
-        .key(key)
-        .send()
-        .await
-    {
-        Ok(o) => Ok(Some(
-            String::from_utf8_lossy(&o.body.collect().await?.into_bytes()).into_owned(),
-        )),
-        Err(e) => {
-            let e = e.into_service_error();
-            if e.is_no_such_key() {
-                Ok(None)
-            } else {
-                Err(anyhow::Error::new(e).context(format!("get object {key} in {region}")))
-            }
-        }
-    }
+    super::readers::object_body_in(&r.clients, &r.bucket, key).await
 }
 
 /// Starts and ends the planned faults as the run passes their windows.
@@ -488,18 +405,12 @@ pub async fn run(args: &Args) -> Result<report::Report> {
         .filter(|p| p.fault == Fault::ReplicationPaused)
         .map(|p| p.end_s - p.start_s)
         .fold(0.0, f64::max);
-    let mut readers = BTreeMap::new();
-    for r in REGIONS {
-        readers.insert(r.to_owned(), w.cache(r).await?);
-    }
     let mut sim = Sim {
         w,
         rng,
         ledger: Ledger::default(),
         items: args.items,
         objects: (args.items / 2).max(6),
-        readers,
-        reads: BTreeMap::new(),
         version: 0,
         sticky_ms: 3_000 + DELAY_EU_TO_US.as_millis() as u64 + (pause_s * 1000.0) as u64,
         injected_poison: Vec::new(),
@@ -531,6 +442,7 @@ pub async fn run(args: &Args) -> Result<report::Report> {
     }
     sim.w.settle().await?;
     let run_start_ms = crate::now_ms();
+    let readers = super::readers::Readers::start(&sim.w, sim.items, sim.objects, args.seed).await?;
     let workload = Instant::now();
     let mut owed = 0.0;
     let mut last_round = Instant::now();
@@ -552,11 +464,6 @@ pub async fn run(args: &Args) -> Result<report::Report> {
             sim.change().await?;
             owed -= 1.0;
         }
-        for r in REGIONS {
-            for _ in 0..READS_PER_ROUND {
-                sim.read(r).await?;
-            }
-        }
         sim.w.step(Stages::ALL).await?;
         if last_canary.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
             last_canary = Some(Instant::now());
@@ -570,13 +477,14 @@ pub async fn run(args: &Args) -> Result<report::Report> {
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
             let active = faults.active();
+            let reads = readers.counts();
             println!(
                 "  [{elapsed:6.1}s] changes {} (us-east-1 {}, eu-west-1 {}), reads {}, cache hits {}, faults: {}",
                 sim.ledger.entries.len(),
                 sim.ledger.count(US),
                 sim.ledger.count(EU),
-                sim.reads.values().map(|c| c.0).sum::<u64>(),
-                sim.reads.values().map(|c| c.1).sum::<u64>(),
+                reads.values().map(|c| c.0).sum::<u64>(),
+                reads.values().map(|c| c.1).sum::<u64>(),
                 if active.is_empty() {
                     "none".to_owned()
                 } else {
@@ -587,6 +495,7 @@ pub async fn run(args: &Args) -> Result<report::Report> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    let reads = readers.stop().await?;
     println!("\n== ending faults, letting replication and invalidation converge ==");
     let elapsed = workload.elapsed().as_secs_f64();
     faults.advance(&mut sim, elapsed, true).await?;
@@ -617,7 +526,7 @@ pub async fn run(args: &Args) -> Result<report::Report> {
         run_start_ms,
         run_end_ms,
         elapsed_s: started.elapsed().as_secs_f64(),
-        reads: sim.reads.clone(),
+        reads,
         fault_windows: faults.windows.clone(),
         recovery,
         conflict_window_ms: sim.sticky_ms,
