@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs, idempotently, what a fresh machine lacks: redis-server and openssl (apt), a
+# Installs, idempotently, what a fresh machine lacks: redis-server and openssl (apt),
+# chromium (apt: the dashboard page's browser check renders the page headless), a
 # project-local Python venv with moto[server], the SAM CLI (with cfn-lint) and cargo-lambda
 # (with zig), checkov in its own venv, the arm64 Rust target, and cfn-guard (cargo install).
 source "$(dirname "$0")/lib.sh"
@@ -10,6 +11,13 @@ if ! command -v redis-server >/dev/null || ! command -v openssl >/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools openssl >/dev/null
   # The Debian package may start a system instance on 6379; tests use their own ports.
+fi
+
+if ! command -v chromium >/dev/null; then
+  step "apt: chromium (headless, for the dashboard page's browser check)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
 
 stamp="$VENV/.tidemark-installed-v1"
@@ -40,7 +48,7 @@ if ! command -v cfn-guard >/dev/null; then
   cargo install cfn-guard --locked --version 3.2.1
 fi
 
-for tool in moto_server sam cfn-lint cargo-lambda checkov redis-server cfn-guard; do
+for tool in moto_server sam cfn-lint cargo-lambda checkov redis-server cfn-guard chromium; do
   command -v "$tool" >/dev/null || die "setup: $tool is still missing"
 done
 step "setup complete"
