@@ -147,7 +147,7 @@ pub enum Stat {
 }
 
 impl Stat {
-    fn parse(s: &str) -> Result<Self> {
+    pub fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "Sum" | "SUM" => Self::Sum,
             "Average" | "AVG" => Self::Average,
@@ -683,7 +683,7 @@ impl MetricUse {
 
 /// `SEARCH('{ns,D1,D2} MetricName="M"', 'stat', period)`: the schema in braces fixes the
 /// exact dimension set.
-fn parse_search(expr: &str) -> Result<MetricUse> {
+pub fn parse_search(expr: &str) -> Result<MetricUse> {
     let err = || {
         format!(
             "expression `{expr}`: expected SEARCH('{{namespace,Dimension,…}} MetricName=\"Name\"', …)"

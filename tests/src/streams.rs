@@ -363,7 +363,14 @@ pub struct StreamMapping {
     window_open: Option<Instant>,
     /// Every invocation's outcome, for tests: (batch sequence numbers, failed ids or error).
     pub log: InvocationLog,
+    /// What Lambda publishes as `AWS/Lambda` `IteratorAge` for the function, one value per
+    /// invocation: (invoke time ms, now − the batch's last record's
+    /// `ApproximateCreationDateTime`, which the stream gives to the second, in ms).
+    pub iterator_ages: IteratorAges,
 }
+
+/// (invoke time ms, iterator age ms) per invocation of a stream mapping.
+pub type IteratorAges = Arc<Mutex<Vec<(u64, f64)>>>;
 
 impl StreamMapping {
     #[allow(clippy::too_many_arguments)]
@@ -391,6 +398,7 @@ impl StreamMapping {
             ttl,
             window_open: None,
             log: Arc::default(),
+            iterator_ages: Arc::default(),
         }
     }
 
@@ -505,6 +513,16 @@ impl StreamMapping {
                         .to_owned()
                 })
                 .collect();
+            if let Some(t) = batch
+                .last()
+                .and_then(|r| r["dynamodb"]["ApproximateCreationDateTime"].as_f64())
+            {
+                let now = crate::now_ms();
+                self.iterator_ages
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((now, (now as f64 - t * 1000.0).max(0.0)));
+            }
             let payload = json!({"Records": batch}).to_string();
             let result = self.function.invoke(payload).await?;
             match result {

@@ -6,6 +6,7 @@ pub mod args;
 pub mod canary;
 pub mod faults;
 pub mod ledger;
+pub mod page;
 pub mod readers;
 pub mod report;
 pub mod rng;
