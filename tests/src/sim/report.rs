@@ -246,6 +246,8 @@ pub struct Report {
     pub regions: Vec<RegionReport>,
     pub pairs: Vec<PairReport>,
     pub series: Vec<Series>,
+    /// The template's dashboard widgets with the run's series (the dashboard page's data).
+    pub dashboard: super::page::Dashboard,
 }
 
 /// Every value of `metric` in an EMF document (a number or an array of them).
@@ -420,6 +422,7 @@ pub async fn build(
     let mut regions = Vec::new();
     let mut pairs = Vec::new();
     let mut all_series = Vec::new();
+    let mut page_docs = Vec::new();
     let mut total_stale = 0;
     let mut total_lost = 0;
     for r in REGIONS {
@@ -518,6 +521,7 @@ pub async fn build(
             });
         }
         all_series.extend(series(r, &docs));
+        page_docs.push((r.to_owned(), docs));
     }
     Ok(Report {
         pass: total_stale == 0 && total_lost == 0,
@@ -540,6 +544,7 @@ pub async fn build(
         regions,
         pairs,
         series: all_series,
+        dashboard: super::page::Dashboard::build(w, &page_docs)?,
     })
 }
 
