@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use tidemark_tests::sim::args::{self, HELP, Parsed};
-use tidemark_tests::sim::{report, run};
+use tidemark_tests::sim::{page, report, run};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
@@ -39,6 +39,14 @@ async fn main() -> ExitCode {
             a.report.display()
         ),
         Err(e) => eprintln!("tidemark-sim: cannot encode the report: {e}"),
+    }
+    match page::write(&r, &a.page) {
+        Ok(()) => println!(
+            "dashboard page written to {} (self-contained: open it in a browser, e.g. xdg-open {})",
+            a.page.display(),
+            a.page.display()
+        ),
+        Err(e) => eprintln!("tidemark-sim: cannot write the dashboard page: {e:#}"),
     }
     if r.pass {
         ExitCode::SUCCESS

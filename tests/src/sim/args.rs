@@ -29,6 +29,8 @@ OPTIONS:
     --seed N               seed of the workload and the fault order (default 1)
     --in-process           call the handlers in-process instead of the cargo-lambda binaries
     --report PATH          where the JSON report goes (default target/tidemark-sim-report.json)
+    --page PATH            where the dashboard page goes: one self-contained HTML file
+                           (default target/tidemark-sim-dashboard.html)
     -h, --help             print this help
 ";
 
@@ -41,6 +43,7 @@ pub struct Args {
     pub seed: u64,
     pub in_process: bool,
     pub report: PathBuf,
+    pub page: PathBuf,
 }
 
 impl Default for Args {
@@ -53,6 +56,7 @@ impl Default for Args {
             seed: 1,
             in_process: false,
             report: PathBuf::from("target/tidemark-sim-report.json"),
+            page: PathBuf::from("target/tidemark-sim-dashboard.html"),
         }
     }
 }
@@ -121,6 +125,7 @@ pub fn parse(argv: &[String]) -> Result<Parsed, String> {
             }
             "--seed" => a.seed = number(&val(&mut it)?, flag, "a whole number")?,
             "--report" => a.report = PathBuf::from(val(&mut it)?),
+            "--page" => a.page = PathBuf::from(val(&mut it)?),
             "--faults" => a.faults = Fault::parse_list(&val(&mut it)?)?,
             other => return Err(format!("unknown argument `{other}`")),
         }
