@@ -3,7 +3,8 @@
 # lints, the example configuration, every test (unit + system, against moto and one
 # redis-server per region, with the cargo-lambda-built binaries), the template
 # (sam validate --lint, cfn-lint, checkov, scripts/template_props.py, CloudFormation Guard
-# over the expanded template) and `sam build`. The system tests deploy the expanded template
+# over the expanded template) and `sam build`; a seeded simulation, and its dashboard page
+# rendered in headless Chromium. The system tests deploy the expanded template
 # into moto (the deploy rehearsal).
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -36,8 +37,17 @@ passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$summary")
 [ -n "$passed" ] && [ "$passed" -gt 0 ] || die "the test run reported no passed tests"
 
 step "simulation: a seeded 20 s run with every fault (the binaries built above)"
-cargo build -q -p tidemark-tests --bin tidemark-sim
-target/debug/tidemark-sim --duration 20 --seed 7 --report "$STATE/sim-report.json"
+cargo build -q -p tidemark-tests --bin tidemark-sim --bin tidemark-page-check
+target/debug/tidemark-sim --duration 20 --seed 7 --report "$STATE/sim-report.json" \
+  --page "$STATE/sim-dashboard.html"
+
+step "dashboard page: headless Chromium renders the run's page; every widget drew its data"
+# The simulation has no source of S3 replication events (no replication-failure fault):
+# that widget must say "No data". Conflicts are rare: in 20 s they may all fall in one
+# 5 s period (one point per series).
+target/debug/tidemark-page-check "$STATE/sim-dashboard.html" --screenshot "$STATE/sim-dashboard.png" \
+  --expect-empty "S3 replication events per bucket and event type (counted in the source bucket's region)" \
+  --allow-sparse "Concurrent-write conflicts (last writer wins), counted in the losing region"
 
 step "template: sam validate --lint, cfn-lint, checkov, deploy properties"
 sam validate --lint
