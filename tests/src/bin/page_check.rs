@@ -10,7 +10,8 @@
 //! `--expect-empty` names a widget the run is known to give no data (the check then wants
 //! it to say "No data" visibly, and fails if it has data after all). `--allow-sparse`
 //! names a widget of rare events whose data may all fall in one period (one point per
-//! series instead of a line of at least 2). Exits 0 when every check holds, 1 when not,
+//! series instead of a line of at least 2), or be absent in a short run (then it must say
+//! "No data" visibly). Exits 0 when every check holds, 1 when not,
 //! 2 on bad arguments.
 
 use std::path::{Path, PathBuf};
