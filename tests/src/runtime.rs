@@ -390,6 +390,18 @@ fn spawn(cmd: &mut Command, shared: &Arc<Shared>, instance: &str) -> Result<Chil
     Ok(child)
 }
 
+/// Kills the process if invocation `id` is still unanswered: under the lock an answer is
+/// taken with, so an answer and a kill never both win.
+fn kill_unanswered(s: &Shared, id: &str) {
+    let inflight = s.inflight.lock().unwrap_or_else(|e| e.into_inner());
+    if inflight.iter().any(|(i, _)| *i == id)
+        && let Some(c) = s.child.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
+        && c.start_kill().is_ok()
+    {
+        s.crashes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn serve_connection(sock: tokio::net::TcpStream, s: Arc<Shared>, arn: String) -> Result<()> {
     let (r, mut w) = sock.into_split();
     let mut r = BufReader::new(r);
@@ -419,18 +431,16 @@ async fn serve_connection(sock: tokio::net::TcpStream, s: Arc<Shared>, arn: Stri
                 .unwrap_or_else(|e| e.into_inner())
                 .push((id.clone(), reply));
             if let Some(after) = s.crash.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                let (s, id) = (s.clone(), id.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(after).await;
-                    // Under the lock an answer is taken with: killed only if unanswered.
-                    let inflight = s.inflight.lock().unwrap_or_else(|e| e.into_inner());
-                    if inflight.iter().any(|(i, _)| *i == id)
-                        && let Some(c) = s.child.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
-                        && c.start_kill().is_ok()
-                    {
-                        s.crashes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                });
+                if after.is_zero() {
+                    // Dies as it receives the invocation: killed before the event is sent.
+                    kill_unanswered(&s, &id);
+                } else {
+                    let (s, id) = (s.clone(), id.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        kill_unanswered(&s, &id);
+                    });
+                }
             }
             let deadline = crate::now_ms() + 300_000;
             write_response(
@@ -526,7 +536,17 @@ impl<H: tidemark::lambda::BatchHandler + Send + 'static> Invoke for InProcess<H>
                 let handled = handler.handle(&payload);
                 let result = match crash {
                     None => handled.await,
-                    Some(after) => match tokio::time::timeout(after, handled).await {
+                    // Zero: the process dies as it receives the invocation (a handler can
+                    // finish within its first poll, which a kill would not wait for).
+                    Some(after) => match tokio::time::timeout(after, async {
+                        if after.is_zero() {
+                            std::future::pending().await
+                        } else {
+                            handled.await
+                        }
+                    })
+                    .await
+                    {
                         Ok(r) => r,
                         Err(_) => {
                             // The handler is dropped where it stands, as a killed process
