@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::aws::RegionClients;
@@ -137,6 +137,13 @@ pub struct S3Replicator {
     pub paused: bool,
     /// Every object version copied so far, in order (delete markers not included).
     pub applied: Arc<Mutex<Vec<S3Applied>>>,
+    /// While set, the object versions that come due fail to replicate, as when the
+    /// replication role loses its permissions on the destination: S3 does not retry them,
+    /// and sends `s3:Replication:OperationFailedReplication` to this queue (the source
+    /// bucket's notification: the region's object-events queue).
+    pub failing: Option<String>,
+    /// Versions that failed to replicate (key, version id), until re-replicated.
+    pub failed: Vec<(String, String)>,
 }
 
 impl S3Replicator {
@@ -160,7 +167,68 @@ impl S3Replicator {
             proxy,
             paused: false,
             applied: Arc::default(),
+            failing: None,
+            failed: Vec::new(),
         }
+    }
+
+    /// S3 Batch Replication of the versions that failed (the ReplicationFailures runbook):
+    /// each failed version still current in the source is replicated again on the next
+    /// step; one a later version superseded is not (replicating it would not change the
+    /// destination's current version in S3, and here would overwrite it). Returns how many
+    /// will be replicated.
+    pub async fn replicate_failed(&mut self) -> Result<usize> {
+        let versions = list_versions(&self.from, &self.from_bucket).await?;
+        let mut again = 0;
+        for (key, version) in std::mem::take(&mut self.failed) {
+            // Newest first within a key: the first listed is the current version.
+            let current = versions.iter().find(|v| v.key == key);
+            if current.is_some_and(|v| v.version_id == version && !v.delete_marker) {
+                self.seen.remove(&(key, version));
+                again += 1;
+            }
+        }
+        Ok(again)
+    }
+
+    /// The `s3:Replication:OperationFailedReplication` notification S3 sends for a version
+    /// that failed to replicate.
+    async fn report_failure(&self, queue_url: &str, key: &str, version: &str) -> Result<()> {
+        let now = crate::now_ms();
+        let body = json!({"Records": [{
+            "eventVersion": "2.2",
+            "eventSource": "aws:s3",
+            "awsRegion": self.from.region,
+            "eventTime": rfc3339(now, true),
+            "eventName": "Replication:OperationFailedReplication",
+            "userIdentity": {"principalId": "s3.amazonaws.com"},
+            "requestParameters": {"sourceIPAddress": "s3.amazonaws.com"},
+            "responseElements": {"x-amz-request-id": format!("REPL-{now}"), "x-amz-id-2": "harness"},
+            "s3": {
+                "s3SchemaVersion": "1.0",
+                "configurationId": "tidemark-replication-events",
+                "bucket": {"name": self.from_bucket, "ownerIdentity": {"principalId": "A3NL1KOZZKExample"},
+                           "arn": format!("arn:aws:s3:::{}", self.from_bucket)},
+                "object": {"key": tidemark::objects::encode_form_key(key), "size": 0,
+                           "versionId": version, "sequencer": format!("{now:016X}")}
+            },
+            "replicationEventData": {
+                "replicationRuleId": "tidemark-replication",
+                "destinationBucket": format!("arn:aws:s3:::{}", self.to_bucket),
+                "s3Operation": "OBJECT_PUT",
+                "requestTime": rfc3339(now, true),
+                "failureReason": "DstPutObjectNotPermitted",
+            }
+        }]});
+        self.from
+            .sqs
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body.to_string())
+            .send()
+            .await
+            .with_context(|| format!("send a replication failure of {key}"))?;
+        Ok(())
     }
 
     /// Replication delay of this direction from now on: a version is copied once this long
@@ -212,6 +280,13 @@ impl S3Replicator {
                 .contains_key(&mine)
             {
                 continue; // a replica is not replicated back
+            }
+            if let Some(queue) = self.failing.clone()
+                && !v.delete_marker
+            {
+                self.report_failure(&queue, &v.key, &v.version_id).await?;
+                self.failed.push((v.key.clone(), v.version_id.clone()));
+                continue;
             }
             let new_version = if v.delete_marker {
                 let r = self

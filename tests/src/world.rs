@@ -1085,6 +1085,31 @@ impl World {
         }
     }
 
+    /// S3 replication `from` → `to` fails from now on (`true`: object versions that come due
+    /// are not copied, and S3's `OperationFailedReplication` notification goes to `from`'s
+    /// object-events queue) or works again (`false`; what failed stays failed until
+    /// [`World::replicate_failed`]).
+    pub fn fail_s3_replication(&mut self, from: &str, to: &str, failing: bool) {
+        let queue = failing.then(|| self.region(from).object_queue_url.clone());
+        for s in self
+            .s3_replicators
+            .iter_mut()
+            .filter(|s| s.route() == (from, to))
+        {
+            s.failing = queue.clone();
+        }
+    }
+
+    /// S3 Batch Replication of every direction's failed versions (those still current):
+    /// copied by the next steps. Returns how many.
+    pub async fn replicate_failed(&mut self) -> Result<usize> {
+        let mut n = 0;
+        for s in &mut self.s3_replicators {
+            n += s.replicate_failed().await?;
+        }
+        Ok(n)
+    }
+
     /// Writes an application object in `region` with the metadata object lag reads
     /// (`origin-region`, [`OBJECT_WRITTEN_AT`] = now); returns its write time (epoch ms).
     pub async fn put_app_object(&self, region: &str, key: &str) -> Result<u64> {

@@ -297,3 +297,61 @@ async fn a_failure_event_puts_the_buckets_replication_failures_alarm_in_alarm() 
     assert_eq!(eu_alarm.evaluate(&eu_samples, at)?.state, State::Ok);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the emulators: run scripts/test.sh"]
+async fn failing_s3_replication_is_reported_and_batch_replication_restores_the_replica()
+-> Result<()> {
+    // The harness's S3 fails us-east-1 → eu-west-1 replication (the role lost its rights on
+    // the destination): no replica, S3's OperationFailedReplication notification instead.
+    let mut w = World::start(Options::default()).await?;
+    let key = "docs/quarterly report+1.txt";
+    let (us_bucket, eu_bucket) = (w.region(US).bucket.clone(), w.region(EU).bucket.clone());
+    w.fail_s3_replication(US, EU, true);
+    w.put_app_object(US, key).await?;
+    w.settle().await?;
+    let exists = |w: &World, region: &'static str, bucket: String| {
+        let s3 = w.region(region).clients.s3.clone();
+        async move {
+            Ok::<_, anyhow::Error>(
+                s3.head_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .is_ok(),
+            )
+        }
+    };
+    assert!(exists(&w, US, us_bucket.clone()).await?);
+    assert!(
+        !exists(&w, EU, eu_bucket.clone()).await?,
+        "no replica while replication fails"
+    );
+    let alerts = w.alerts(US).await?;
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.kind == "replication-failed" && a.key == key && a.source == "assets"),
+        "the failure reached the alert topic with the decoded key: {alerts:?}"
+    );
+    assert_eq!(
+        replication_failures(&w, US, "assets", "OperationFailedReplication"),
+        1.0
+    );
+
+    // Replication works again; what failed stays failed until batch replication.
+    w.fail_s3_replication(US, EU, false);
+    w.settle().await?;
+    assert!(
+        !exists(&w, EU, eu_bucket.clone()).await?,
+        "S3 does not retry"
+    );
+    assert_eq!(w.replicate_failed().await?, 1);
+    w.settle().await?;
+    assert!(
+        exists(&w, EU, eu_bucket).await?,
+        "the replica exists after batch replication"
+    );
+    Ok(())
+}

@@ -26,6 +26,7 @@ OPTIONS:
                              replication-paused us-east-1 -> eu-west-1 replication paused
                              malformed          poison stream records and garbage object events
                              function-crash     a stream-processor and a cache-invalidator killed mid-invocation
+                             s3-replication-failed  us-east-1 -> eu-west-1 object replication fails (S3 does not retry)
     --seed N               seed of the workload and the fault order (default 1)
     --in-process           call the handlers in-process instead of the cargo-lambda binaries
     --report PATH          where the JSON report goes (default target/tidemark-sim-report.json)

@@ -19,15 +19,20 @@ pub enum Fault {
     /// of an invocation, about once a second: Lambda fails the invocation
     /// (`Runtime.ExitError`) and starts a fresh process for the retry.
     FunctionCrash,
+    /// S3 replication us-east-1 → eu-west-1 fails (the role lost its rights on the
+    /// destination): S3 sends OperationFailedReplication and does not retry; the runbook
+    /// re-replicates with S3 Batch Replication.
+    S3ReplicationFailed,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 5] = [
+    pub const ALL: [Fault; 6] = [
         Fault::CacheRefused,
         Fault::SnsRefused,
         Fault::ReplicationPaused,
         Fault::Malformed,
         Fault::FunctionCrash,
+        Fault::S3ReplicationFailed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,6 +42,7 @@ impl Fault {
             Fault::ReplicationPaused => "replication-paused",
             Fault::Malformed => "malformed",
             Fault::FunctionCrash => "function-crash",
+            Fault::S3ReplicationFailed => "s3-replication-failed",
         }
     }
 

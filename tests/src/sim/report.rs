@@ -43,6 +43,9 @@ pub struct Recovery {
     pub dead_letters: BTreeMap<String, BTreeMap<String, usize>>,
     /// Per region: what `--apply` did (absent: nothing to replay).
     pub replays: BTreeMap<String, Replayed>,
+    /// Object versions that had failed to replicate, replicated again by S3 Batch
+    /// Replication (all directions).
+    pub batch_replicated: usize,
     /// Ids of the records the stores keep (sequence numbers, message ids).
     #[serde(skip)]
     pub found: Vec<String>,
@@ -72,7 +75,19 @@ pub struct Outcome {
 /// rejected again stay where they are, with their reason).
 pub async fn recover(w: &mut World, config: &tidemark::config::Config) -> Result<Recovery> {
     use tidemark::replay::{Options, Store, Verdict};
-    let mut rec = Recovery::default();
+    // The ReplicationFailures runbook: S3 Batch Replication of the failed versions (S3
+    // does not retry them).
+    let mut rec = Recovery {
+        batch_replicated: w.replicate_failed().await?,
+        ..Recovery::default()
+    };
+    if rec.batch_replicated > 0 {
+        w.settle().await?;
+        rec.lines.push(format!(
+            "S3 Batch Replication of the {} object version(s) that failed to replicate (ReplicationFailures)",
+            rec.batch_replicated
+        ));
+    }
     let mut replayed_any = false;
     for r in REGIONS {
         let replay = w.replay(r, config.clone());

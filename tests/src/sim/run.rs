@@ -160,7 +160,8 @@ impl Sim {
                 self.put_item(&region, &pk, &email, eu, false).await?;
             }
         } else {
-            let (key, region) = object_key(self.rng.below(self.objects));
+            let i = self.rng.below(self.objects);
+            let (key, region) = object_key(i);
             let exists = matches!(self.ledger.expected_objects().get(&key), Some((_, Some(_))));
             let r = self.w.region(region);
             if exists && self.rng.chance(0.25) {
@@ -175,21 +176,29 @@ impl Sim {
                 self.ledger
                     .record(region, false, Change::ObjectDelete { key });
             } else {
-                self.version += 1;
-                let body = format!("body-{}", self.version);
-                r.clients
-                    .s3
-                    .put_object()
-                    .bucket(&r.bucket)
-                    .key(&key)
-                    .body(body.clone().into_bytes().into())
-                    .send()
-                    .await
-                    .with_context(|| format!("put object {key} in {region}"))?;
-                self.ledger
-                    .record(region, false, Change::ObjectPut { key, body });
+                self.put_object(i).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Writes a new body of object `i` in its origin region.
+    async fn put_object(&mut self, i: usize) -> Result<()> {
+        let (key, region) = object_key(i);
+        let r = self.w.region(region);
+        self.version += 1;
+        let body = format!("body-{}", self.version);
+        r.clients
+            .s3
+            .put_object()
+            .bucket(&r.bucket)
+            .key(&key)
+            .body(body.clone().into_bytes().into())
+            .send()
+            .await
+            .with_context(|| format!("put object {key} in {region}"))?;
+        self.ledger
+            .record(region, false, Change::ObjectPut { key, body });
         Ok(())
     }
 }
@@ -312,6 +321,16 @@ async fn start(sim: &mut Sim, fault: Fault) -> Result<String> {
             sim.w.pause(US, EU, true);
             "replication us-east-1 -> eu-west-1 paused (table and bucket)".to_owned()
         }
+        Fault::S3ReplicationFailed => {
+            sim.w.fail_s3_replication(US, EU, true);
+            // One object written in us-east-1 now, so the window has a failure to show.
+            let i = (0..sim.objects)
+                .map(|_| sim.rng.below(sim.objects))
+                .find(|i| object_key(*i).1 == US)
+                .unwrap_or(1);
+            sim.put_object(i).await?;
+            "object replication us-east-1 -> eu-west-1 fails (DstPutObjectNotPermitted): OperationFailedReplication, no retry".to_owned()
+        }
         Fault::FunctionCrash => {
             arm_crashes(sim);
             format!(
@@ -359,6 +378,7 @@ fn end(sim: &mut Sim, fault: Fault) {
         Fault::SnsRefused => sim.w.proxy.clear_faults(),
         Fault::ReplicationPaused => sim.w.pause(US, EU, false),
         Fault::Malformed => {}
+        Fault::S3ReplicationFailed => sim.w.fail_s3_replication(US, EU, false),
         Fault::FunctionCrash => {
             // A crash armed and not reached yet is disarmed.
             for (r, f) in CRASHING {
