@@ -86,6 +86,8 @@ pub struct Version {
     pub key: String,
     pub version_id: String,
     pub delete_marker: bool,
+    /// The key's current version (or delete marker).
+    pub is_latest: bool,
 }
 
 pub async fn list_versions(c: &RegionClients, bucket: &str) -> Result<Vec<Version>> {
@@ -105,6 +107,7 @@ pub async fn list_versions(c: &RegionClients, bucket: &str) -> Result<Vec<Versio
                 key: v.key().unwrap_or("").to_owned(),
                 version_id: v.version_id().unwrap_or("null").to_owned(),
                 delete_marker: false,
+                is_latest: v.is_latest() == Some(true),
             });
         }
         for d in r.delete_markers() {
@@ -112,6 +115,7 @@ pub async fn list_versions(c: &RegionClients, bucket: &str) -> Result<Vec<Versio
                 key: d.key().unwrap_or("").to_owned(),
                 version_id: d.version_id().unwrap_or("null").to_owned(),
                 delete_marker: true,
+                is_latest: d.is_latest() == Some(true),
             });
         }
         if r.is_truncated() == Some(true) {
@@ -181,8 +185,7 @@ impl S3Replicator {
         let versions = list_versions(&self.from, &self.from_bucket).await?;
         let mut again = 0;
         for (key, version) in std::mem::take(&mut self.failed) {
-            // Newest first within a key: the first listed is the current version.
-            let current = versions.iter().find(|v| v.key == key);
+            let current = versions.iter().find(|v| v.key == key && v.is_latest);
             if current.is_some_and(|v| v.version_id == version && !v.delete_marker) {
                 self.seen.remove(&(key, version));
                 again += 1;

@@ -153,6 +153,10 @@ pub struct RegionWorld {
     /// The cache as the invalidator reaches it (through a gate that can fail it).
     pub cache_gate: Gate,
     pub stream_processor: Arc<dyn Invoke>,
+    /// `AWS/SQS` `ApproximateNumberOfMessagesVisible` of the region's two dead-letter queues
+    /// as CloudWatch would publish it: (queue name, epoch ms, messages), one sample per
+    /// [`World::sample_dlq_depths`].
+    pub dlq_depths: Arc<Mutex<Vec<(String, u64, f64)>>>,
     /// Every function of the region by binary name (`stream-processor`,
     /// `object-processor`, `cache-invalidator`), binary or in-process.
     pub functions: BTreeMap<String, Arc<dyn Invoke>>,
@@ -700,6 +704,7 @@ impl World {
                 cache_gate,
                 stream_processor: invoke("stream-processor"),
                 functions: functions.clone(),
+                dlq_depths: Arc::default(),
                 binaries,
                 stream_mapping,
                 invalidation_mapping,
@@ -1083,6 +1088,36 @@ impl World {
         {
             s.set_delay(delay);
         }
+    }
+
+    /// Samples the visible messages of every region's dead-letter queues (what CloudWatch
+    /// publishes per minute as `AWS/SQS` `ApproximateNumberOfMessagesVisible`).
+    pub async fn sample_dlq_depths(&self) -> Result<()> {
+        use aws_sdk_sqs::types::QueueAttributeName as N;
+        for r in &self.regions {
+            for url in [&r.queue_dlq_url, &r.object_dlq_url] {
+                let a = r
+                    .clients
+                    .sqs
+                    .get_queue_attributes()
+                    .queue_url(url)
+                    .attribute_names(N::ApproximateNumberOfMessages)
+                    .send()
+                    .await
+                    .with_context(|| format!("attributes of {url}"))?;
+                let visible = a
+                    .attributes()
+                    .and_then(|m| m.get(&N::ApproximateNumberOfMessages))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .with_context(|| format!("{url}: no ApproximateNumberOfMessages"))?;
+                let name = url.rsplit('/').next().unwrap_or(url).to_owned();
+                r.dlq_depths
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((name, crate::now_ms(), visible));
+            }
+        }
+        Ok(())
     }
 
     /// S3 replication `from` → `to` fails from now on (`true`: object versions that come due

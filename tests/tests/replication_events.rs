@@ -350,8 +350,69 @@ async fn failing_s3_replication_is_reported_and_batch_replication_restores_the_r
     assert_eq!(w.replicate_failed().await?, 1);
     w.settle().await?;
     assert!(
-        exists(&w, EU, eu_bucket).await?,
+        exists(&w, EU, eu_bucket.clone()).await?,
         "the replica exists after batch replication"
+    );
+
+    // A failed version a later one superseded is not replicated again: the destination
+    // keeps the current one.
+    let us_s3 = w.region(US).clients.s3.clone();
+    let put = |body: &'static str| {
+        let s3 = us_s3.clone();
+        let bucket = us_bucket.clone();
+        async move {
+            s3.put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(body.as_bytes().to_vec().into())
+                .send()
+                .await
+        }
+    };
+    w.fail_s3_replication(US, EU, true);
+    put("failed").await?;
+    w.settle().await?;
+    w.fail_s3_replication(US, EU, false);
+    put("current").await?;
+    w.settle().await?;
+    assert_eq!(
+        w.replicate_failed().await?,
+        0,
+        "the failed version is superseded"
+    );
+    w.settle().await?;
+    let got = w
+        .region(EU)
+        .clients
+        .s3
+        .get_object()
+        .bucket(&eu_bucket)
+        .key(key)
+        .send()
+        .await?;
+    assert_eq!(got.body.collect().await?.into_bytes().as_ref(), b"current");
+
+    // Nor one a delete marker superseded: the object stays deleted at the destination.
+    w.fail_s3_replication(US, EU, true);
+    put("failed again").await?;
+    w.settle().await?;
+    w.fail_s3_replication(US, EU, false);
+    us_s3
+        .delete_object()
+        .bucket(&us_bucket)
+        .key(key)
+        .send()
+        .await?;
+    w.settle().await?;
+    assert_eq!(
+        w.replicate_failed().await?,
+        0,
+        "superseded by a delete marker"
+    );
+    w.settle().await?;
+    assert!(
+        !exists(&w, EU, eu_bucket).await?,
+        "still deleted at the destination"
     );
     Ok(())
 }

@@ -332,8 +332,9 @@ impl Dashboard {
     }
 
     /// The deployed dashboards of `w`'s regions with `docs` (per region: every EMF document
-    /// its functions and canaries printed) and the `AWS/Lambda` `IteratorAge` the harness's
-    /// stream mapping measured (as Lambda's poller does; the only AWS metric drawn).
+    /// its functions and canaries printed), the `AWS/Lambda` `IteratorAge` the harness's
+    /// stream mapping measured (as Lambda's poller does) and the `AWS/SQS` depth of the
+    /// dead-letter queues the simulation sampled (the only AWS metrics drawn).
     pub fn build(w: &World, docs: &[(String, Vec<Value>)]) -> Result<Self> {
         let mut regions = Vec::new();
         let mut alarm_metrics = BTreeMap::new();
@@ -354,6 +355,17 @@ impl Dashboard {
                     dimensions: BTreeMap::from([("FunctionName".to_owned(), function.clone())]),
                     timestamp_ms: *at as i64,
                     value: *age,
+                });
+            }
+            // And SQS's: the dead-letter queues' depth the simulation sampled.
+            let depths = w.region(r).dlq_depths.lock();
+            for (queue, at, n) in depths.unwrap_or_else(|e| e.into_inner()).iter() {
+                samples.push(Sample {
+                    namespace: "AWS/SQS".to_owned(),
+                    metric: "ApproximateNumberOfMessagesVisible".to_owned(),
+                    dimensions: BTreeMap::from([("QueueName".to_owned(), queue.clone())]),
+                    timestamp_ms: *at as i64,
+                    value: *n,
                 });
             }
             regions.push((r.clone(), body.clone(), samples));

@@ -493,6 +493,7 @@ pub async fn run(args: &Args) -> Result<report::Report> {
                     .or_default()
                     .extend(tick_docs(c).await?);
             }
+            sim.w.sample_dlq_depths().await?;
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
@@ -537,6 +538,7 @@ pub async fn run(args: &Args) -> Result<report::Report> {
             .or_default()
             .extend(tick_docs(c).await?);
     }
+    sim.w.sample_dlq_depths().await?;
     let run_end_ms = crate::now_ms();
 
     println!("\n== checking caches and replicas against the ledger ==");
