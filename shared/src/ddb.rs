@@ -249,8 +249,19 @@ fn text<'a>(raw: &'a RawValue, tag: &str) -> Result<Cow<'a, str>, String> {
             kind(raw)
         ));
     }
+    // The raw value was checked when it was read (a JSON string: no control characters,
+    // valid escapes' syntax): without a backslash, the text between the quotes is the value,
+    // borrowed as the parser would.
+    let quoted = raw.get();
+    if let Some(inner) = quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .filter(|inner| !inner.as_bytes().contains(&b'\\'))
+    {
+        return Ok(Cow::Borrowed(inner));
+    }
     // Only escapes can fail here (a lone surrogate): the parser names the escape, not the text.
-    serde_json::from_str::<Str<'a>>(raw.get())
+    serde_json::from_str::<Str<'a>>(quoted)
         .map(|s| s.0)
         .map_err(|e| format!("`{tag}` value: {}", crate::error::redact_serde(&e)))
 }
@@ -435,7 +446,8 @@ impl<'de, 'w> serde::de::DeserializeSeed<'de> for ImageSeed<'w> {
                 )
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Image<'de>, M::Error> {
-                let mut out = Vec::with_capacity(self.0.wanted.map_or(8, <[String]>::len));
+                // `Keys` (all wanted) holds one or two attributes.
+                let mut out = Vec::with_capacity(self.0.wanted.map_or(2, <[String]>::len));
                 while let Some(k) = map.next_key::<Str<'de>>()? {
                     if self.0.wanted.is_none_or(|w| w.iter().any(|x| *x == *k)) {
                         let v = next_attr(&mut map, self.0.image, &k)?;
@@ -691,11 +703,11 @@ impl<'a> StreamRecord<'a> {
                 u.kind.as_deref() == Some("Service")
                     && u.principal_id.as_deref() == Some("dynamodb.amazonaws.com")
             });
-        let table = w
-            .event_source_arn
-            .as_ref()
-            .and_then(|arn| table_from_arn(arn))
-            .map(|t| Cow::Owned(t.to_owned()));
+        // Borrowed from the record unless the ARN had escapes (no copy per record).
+        let table = w.event_source_arn.and_then(|arn| match arn.0 {
+            Cow::Borrowed(a) => table_from_arn(a).map(Cow::Borrowed),
+            Cow::Owned(a) => table_from_arn(&a).map(|t| Cow::Owned(t.to_owned())),
+        });
         let approx_created_ms = body
             .approx
             .filter(|s| s.is_finite() && *s >= 0.0)

@@ -113,7 +113,7 @@ impl<'c, 'r> Stage<TableChange<'c, 'r>> for ItemResidencyStage<'_> {
         let Some(image) = c.record.new.as_ref() else {
             return Ok(());
         };
-        let decision = residency::decide(
+        let (rule, allowed) = residency::verdict(
             &c.table.residency,
             &self.config.residency.unmatched,
             self.region,
@@ -122,7 +122,7 @@ impl<'c, 'r> Stage<TableChange<'c, 'r>> for ItemResidencyStage<'_> {
                 image,
             },
         );
-        let (Some(rule), false) = (decision.rule, decision.allowed) else {
+        let (Some(rule), false) = (rule, allowed) else {
             return Ok(());
         };
         let seq = c.record.sequence_number.to_string();

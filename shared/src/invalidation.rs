@@ -83,7 +83,11 @@ struct KeyEntry {
     changed_at_ms: u64,
     first_record: usize,
     more_records: Vec<usize>,
+    /// The next entry whose (group, key) hashes alike, or [`NONE`].
+    next: usize,
 }
+
+const NONE: usize = usize::MAX;
 
 /// Keys of one batch, deduplicated, each remembering the records that asked for it.
 /// FNV-1a: keys are short and trusted-shape (rendered by our templates), so a simple fast
@@ -109,14 +113,40 @@ impl std::hash::Hasher for Fnv {
     }
 }
 
-type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+/// The map from a (group, key) hash to its first entry: the hash is already well mixed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; fold anything else in for safety.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+fn key_hash(group: usize, key: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = Fnv::default();
+    h.write(&(group as u64).to_le_bytes());
+    h.write(key.as_bytes());
+    h.finish()
+}
 
 #[derive(Debug, Default)]
 pub struct Coalescer {
     groups: Vec<Group>,
     entries: Vec<KeyEntry>,
-    /// Per group: key → position in `entries`.
-    index: Vec<FnvMap<String, usize>>,
+    /// (group, key) hash → first entry with that hash; collisions chain through
+    /// `KeyEntry::next`. The key text lives once, in its entry (no copy per key).
+    index: HashMap<u64, usize, std::hash::BuildHasherDefault<Prehashed>>,
 }
 
 /// One message ready to publish and the records it speaks for.
@@ -139,37 +169,46 @@ impl Coalescer {
                 origin_region: origin_region.to_owned(),
                 replicated,
             });
-            self.index.push(FnvMap::default());
             self.groups.len() - 1
         })
     }
 
     pub fn add(&mut self, group: &Group, key: String, record: usize, changed_at_ms: u64) {
         let g = self.group(&group.source, &group.origin_region, group.replicated);
-        self.add_to(g, key, record, changed_at_ms);
+        self.add_key(g, &key, record, changed_at_ms);
     }
 
     /// Adds a key to group `g` (from [`Coalescer::group`]).
     pub fn add_to(&mut self, g: usize, key: String, record: usize, changed_at_ms: u64) {
-        match self.index[g].get(key.as_str()) {
-            Some(&i) => {
-                let e = &mut self.entries[i];
+        self.add_key(g, &key, record, changed_at_ms);
+    }
+
+    /// [`Coalescer::add_to`] from borrowed text: the key is copied only when it is new to
+    /// the batch.
+    pub fn add_key(&mut self, g: usize, key: &str, record: usize, changed_at_ms: u64) {
+        let h = key_hash(g, key);
+        let head = self.index.get(&h).copied().unwrap_or(NONE);
+        let mut i = head;
+        while i != NONE {
+            let e = &mut self.entries[i];
+            if e.group == g && e.key == key {
                 e.changed_at_ms = e.changed_at_ms.min(changed_at_ms);
                 if e.first_record != record && e.more_records.last() != Some(&record) {
                     e.more_records.push(record);
                 }
+                return;
             }
-            None => {
-                self.index[g].insert(key.clone(), self.entries.len());
-                self.entries.push(KeyEntry {
-                    key,
-                    group: g,
-                    changed_at_ms,
-                    first_record: record,
-                    more_records: Vec::new(),
-                });
-            }
+            i = e.next;
         }
+        self.index.insert(h, self.entries.len());
+        self.entries.push(KeyEntry {
+            key: key.to_owned(),
+            group: g,
+            changed_at_ms,
+            first_record: record,
+            more_records: Vec::new(),
+            next: head,
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -355,18 +394,65 @@ pub fn table_keys_by_template<'t>(
     record: &StreamRecord<'_>,
     mut emit: impl FnMut(&'t Template, String),
 ) {
-    let images = [record.old.as_ref(), record.new.as_ref(), Some(&record.keys)];
-    let mut keys: Vec<(&Template, String)> = Vec::with_capacity(table.cache_keys.len() * 2);
-    for t in &table.cache_keys {
-        for img in images.iter().flatten() {
-            if let Some(k) = render_key(t, img)
-                && !keys.iter().any(|(_, x)| *x == k)
-            {
-                keys.push((t, k));
+    let mut keys = RenderedKeys::default();
+    keys.render(table, record);
+    for (t, k) in keys.iter(table) {
+        emit(t, k.to_owned());
+    }
+}
+
+/// The distinct cache keys of one change, rendered into one reusable buffer (no allocation
+/// per key once warm): every template on the old image, the new image and the keys.
+#[derive(Debug, Default)]
+pub struct RenderedKeys {
+    text: String,
+    /// (template index, end of the key in `text`); each key starts where the last ended.
+    ends: Vec<(usize, usize)>,
+}
+
+impl RenderedKeys {
+    /// Renders `record`'s keys, replacing the previous record's.
+    pub fn render(&mut self, table: &Table, record: &StreamRecord<'_>) {
+        self.text.clear();
+        self.ends.clear();
+        let images = [record.old.as_ref(), record.new.as_ref(), Some(&record.keys)];
+        for (ti, t) in table.cache_keys.iter().enumerate() {
+            for img in images.iter().flatten() {
+                let start = self.text.len();
+                if !t.render_into(&mut self.text, |name| img.scalar(name)) {
+                    continue;
+                }
+                let new = &self.text[start..];
+                let mut s = 0;
+                let dup = self.ends.iter().any(|&(_, e)| {
+                    let seen = &self.text[s..e];
+                    s = e;
+                    seen == new
+                });
+                if dup {
+                    self.text.truncate(start);
+                } else {
+                    self.ends.push((ti, self.text.len()));
+                }
             }
         }
     }
-    keys.into_iter().for_each(|(t, k)| emit(t, k));
+
+    /// Each distinct key with its template, in rendering order.
+    pub fn iter<'s, 't>(
+        &'s self,
+        table: &'t Table,
+    ) -> impl Iterator<Item = (&'t Template, &'s str)> + 's
+    where
+        't: 's,
+    {
+        let mut start = 0;
+        self.ends.iter().map(move |&(ti, end)| {
+            let k = &self.text[start..end];
+            start = end;
+            (&table.cache_keys[ti], k)
+        })
+    }
 }
 
 /// Whether `table`'s templates name an attribute that is not a key: then a record must
@@ -487,6 +573,8 @@ pub struct InvalidationStage<'p> {
     region: &'p str,
     max_key_bytes: usize,
     coalescer: Coalescer,
+    /// The current record's keys (a buffer reused across records).
+    keys: RenderedKeys,
 }
 
 impl<'p> InvalidationStage<'p> {
@@ -497,6 +585,7 @@ impl<'p> InvalidationStage<'p> {
             region,
             max_key_bytes: DEFAULT_MAX_CACHE_KEY_BYTES,
             coalescer: Coalescer::default(),
+            keys: RenderedKeys::default(),
         }
     }
 
@@ -526,21 +615,17 @@ impl<'c, 'r> Stage<TableChange<'c, 'r>> for InvalidationStage<'_> {
             EventName::Remove => c.record.old.as_ref(),
             _ => c.record.new.as_ref(),
         };
-        let origin = t
+        // Borrowed: no copy per record (the group is found by comparison).
+        let origin: std::borrow::Cow<'_, str> = t
             .app_attributes
             .origin_region
             .as_deref()
             .and_then(|a| current.and_then(|i| i.scalar(a)))
-            .map_or_else(
-                || {
-                    if c.record.region.is_empty() {
-                        self.region.to_owned()
-                    } else {
-                        c.record.region.to_string()
-                    }
-                },
-                |s| s.into_owned(),
-            );
+            .unwrap_or(std::borrow::Cow::Borrowed(if c.record.region.is_empty() {
+                self.region
+            } else {
+                &c.record.region
+            }));
         let changed_at = t
             .app_attributes
             .written_at_ms
@@ -549,22 +634,14 @@ impl<'c, 'r> Stage<TableChange<'c, 'r>> for InvalidationStage<'_> {
             .and_then(|a| c.record.new.as_ref().and_then(|i| i.scalar(a)))
             .and_then(|v| v.parse::<f64>().ok())
             .map_or(c.record.approx_created_ms, |ms| ms as u64);
-        let group = Group {
-            source: t.name.clone(),
-            origin_region: origin,
-            replicated: t.replicated,
-        };
-        let mut keys = Vec::with_capacity(t.cache_keys.len() * 2);
-        table_keys_by_template(t, &c.record, |tpl, k| keys.push((tpl, k)));
+        self.keys.render(t, &c.record);
         // Check every key before adding any: a rejected record publishes nothing.
-        for (tpl, k) in &keys {
+        for (tpl, k) in self.keys.iter(t) {
             check_key_size(&t.name, tpl, k, self.max_key_bytes)?;
         }
-        let g = self
-            .coalescer
-            .group(&group.source, &group.origin_region, group.replicated);
-        for (_, k) in keys {
-            self.coalescer.add_to(g, k, index, changed_at);
+        let g = self.coalescer.group(&t.name, &origin, t.replicated);
+        for (_, k) in self.keys.iter(t) {
+            self.coalescer.add_key(g, k, index, changed_at);
         }
         Ok(())
     }

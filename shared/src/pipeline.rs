@@ -152,7 +152,6 @@ where
         ids: Vec::with_capacity(raws.len()),
         outcomes: Vec::with_capacity(raws.len()),
     };
-    let mut changes: Vec<Option<C>> = Vec::with_capacity(raws.len());
 
     for (index, raw) in raws.iter().enumerate() {
         let (id, outcome, change) = match decode(raw.get()) {
@@ -177,7 +176,10 @@ where
         }
         report.ids.push(id);
         report.outcomes.push(outcome);
-        changes.push(change);
+        // The change is dropped here: stages copy what they need in `observe`, so the
+        // decoded records never pile up (peak memory) and their buffers are reused while
+        // still in cache by the next record.
+        drop(change);
     }
 
     for stage in stages.iter_mut() {

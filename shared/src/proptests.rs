@@ -702,3 +702,26 @@ fn with_hashed_keys_invalidation_messages_still_carry_the_real_keys() {
     }
     assert!(!run.keys.iter().any(|k| k.starts_with("hmac-sha256:")));
 }
+
+/// An event that is not JSON, though its records nest and quote like records, fails whole,
+/// publishing and dead-lettering nothing (no record is judged on its own).
+#[test]
+fn an_event_that_is_not_json_fails_whole_and_publishes_nothing() {
+    let (ports, publisher, dead_letter) = queue_ports(crate::keyhash::KeyLabels::plain());
+    let processor = StreamProcessor {
+        config: Config::embedded().unwrap(),
+        region: "us-east-1".into(),
+        ports,
+        emf: crate::metrics::EmfOut::Captured(Arc::default()),
+    };
+    let broken = good(2).replace(r#""eventVersion":"1.1""#, r#""eventVersion":1.1.1"#);
+    assert_ne!(broken, good(2));
+    let event = format!(r#"{{"Records":[{},{broken}]}}"#, good(1));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let e = rt.block_on(processor.handle(&event)).unwrap_err();
+    assert!(e.contains("batch (expected"), "{e}");
+    assert!(published(&publisher).is_empty());
+    assert!(dead_letter.0.lock().unwrap().is_empty());
+}

@@ -111,24 +111,31 @@ pub fn decide<'r>(
     region: &str,
     subject: &dyn Subject,
 ) -> Decision<'r> {
+    let (rule, allowed) = verdict(rules, unmatched, region, subject);
+    Decision {
+        rule,
+        region: region.to_owned(),
+        allowed,
+        action: rule.filter(|_| !allowed).map(|r| r.action),
+    }
+}
+
+/// [`decide`] without building a [`Decision`] (no allocation: the stream-processor asks
+/// for every record): the rule that decided, if any, and whether `region` is allowed.
+pub fn verdict<'r>(
+    rules: &'r [Rule],
+    unmatched: &Unmatched,
+    region: &str,
+    subject: &dyn Subject,
+) -> (Option<&'r Rule>, bool) {
     match first_match(rules, subject) {
-        Some(rule) => {
-            let allowed = rule.allowed_regions.iter().any(|r| r == region);
-            Decision {
-                rule: Some(rule),
-                region: region.to_owned(),
-                allowed,
-                action: (!allowed).then_some(rule.action),
-            }
-        }
-        None => Decision {
-            rule: None,
-            region: region.to_owned(),
-            allowed: match unmatched {
+        Some(rule) => (Some(rule), rule.allowed_regions.iter().any(|r| r == region)),
+        None => (
+            None,
+            match unmatched {
                 Unmatched::Anywhere => true,
             },
-            action: None,
-        },
+        ),
     }
 }
 

@@ -110,18 +110,34 @@ impl Template {
 
     /// Renders with `lookup`; `None` when a placeholder has no scalar value (the key does not
     /// exist for this image, so there is nothing to invalidate).
-    pub fn render<'v, F>(&self, mut lookup: F) -> Option<String>
+    pub fn render<'v, F>(&self, lookup: F) -> Option<String>
     where
         F: FnMut(&str) -> Option<std::borrow::Cow<'v, str>>,
     {
         let mut out = String::with_capacity(self.source.len() + 16);
+        self.render_into(&mut out, lookup).then_some(out)
+    }
+
+    /// [`Template::render`] appended to `out` (a buffer reused across renders); `false`,
+    /// with `out` as it was, when a placeholder has no scalar value.
+    pub fn render_into<'v, F>(&self, out: &mut String, mut lookup: F) -> bool
+    where
+        F: FnMut(&str) -> Option<std::borrow::Cow<'v, str>>,
+    {
+        let start = out.len();
         for p in &self.parts {
             match p {
                 Part::Literal(l) => out.push_str(l),
-                Part::Placeholder(name) => out.push_str(&lookup(name)?),
+                Part::Placeholder(name) => match lookup(name) {
+                    Some(v) => out.push_str(&v),
+                    None => {
+                        out.truncate(start);
+                        return false;
+                    }
+                },
             }
         }
-        Some(out)
+        true
     }
 }
 

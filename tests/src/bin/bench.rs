@@ -3,6 +3,9 @@
 //!   tidemark-bench runtime   the stream-processor binary (cargo-lambda, local profile) under
 //!                            the Runtime API: init time, 4,000-record batch time, peak RSS
 //!   tidemark-bench cache     UNLINK throughput into a local redis-server, one round trip per batch
+//!   tidemark-bench invalidator  the cache-invalidator's handler end to end: an SQS batch of
+//!                            SNS-wrapped invalidation messages (packed by the real packer) →
+//!                            parse → UNLINK in a local redis-server; messages/s and keys/s
 //!
 //! Run through `scripts/bench.sh`, which builds and starts what is needed.
 
@@ -21,8 +24,9 @@ async fn main() -> Result<()> {
     match std::env::args().nth(1).as_deref() {
         Some("runtime") => runtime().await,
         Some("cache") => cache().await,
+        Some("invalidator") => invalidator().await,
         _ => {
-            eprintln!("usage: tidemark-bench runtime|cache");
+            eprintln!("usage: tidemark-bench runtime|cache|invalidator");
             std::process::exit(2)
         }
     }
@@ -143,6 +147,131 @@ async fn cache() -> Result<()> {
         println!(
             "UNLINK, {batch:>6} keys per batch (one round trip): {:>9.0} keys/s over {rounds} batches",
             keys / total
+        );
+    }
+    Ok(())
+}
+
+struct NoDeadLetter;
+impl tidemark::ports::DeadLetter for NoDeadLetter {
+    fn put(
+        &self,
+        entries: Vec<tidemark::ports::DeadLetterEntry>,
+    ) -> futures::future::BoxFuture<'_, Result<(), tidemark::ports::PortError>> {
+        Box::pin(async move {
+            Err(tidemark::ports::PortError::Permanent(format!(
+                "the bench rejected {} messages",
+                entries.len()
+            )))
+        })
+    }
+}
+
+/// An SQS event of `messages` SNS-wrapped invalidation messages (the sample event's
+/// envelope and record), each the packer's output for `keys_per_message` e-mail keys.
+fn invalidation_event(
+    prefix: &str,
+    messages: usize,
+    keys_per_message: usize,
+) -> (String, Vec<String>) {
+    use serde_json::{Value, json};
+    use tidemark::invalidation::{BODY_BUDGET, Coalescer};
+    let sample: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../events/sqs-sns-invalidation.json"
+        ))
+        .expect("events/sqs-sns-invalidation.json"),
+    )
+    .expect("sample event");
+    let record = &sample["Records"][0];
+    let envelope: Value =
+        serde_json::from_str(record["body"].as_str().unwrap_or_default()).expect("SNS envelope");
+    let mut records = Vec::new();
+    let mut all_keys = Vec::new();
+    for m in 0..messages {
+        let mut co = Coalescer::default();
+        let g = co.group("users", "us-east-1", true);
+        for i in 0..keys_per_message {
+            let key = format!("{prefix}user-email:m{m}.n{i}@example.com");
+            co.add_key(g, &key, i, 1_763_812_800_123);
+            all_keys.push(key);
+        }
+        let packed = co.pack(BODY_BUDGET);
+        assert_eq!(
+            packed.len(),
+            1,
+            "{keys_per_message} keys do not fit one message"
+        );
+        let mut env = envelope.clone();
+        env["Message"] = json!(packed[0].outbound.body);
+        env["MessageId"] = json!(format!("00000000-0000-0000-0000-{m:012}"));
+        let mut r = record.clone();
+        r["messageId"] = json!(format!("m{m}"));
+        r["body"] = json!(env.to_string());
+        records.push(r);
+    }
+    (json!({ "Records": records }).to_string(), all_keys)
+}
+
+async fn invalidator() -> Result<()> {
+    use tidemark::lambda::BatchHandler;
+    let emu = Emulators::from_env()?;
+    let url = emu.redis_url("us-east-1").to_owned();
+    let cache = Arc::new(RedisCache::new(CacheSettings {
+        url: url.clone(),
+        cluster: false,
+        ca_pem: None,
+        username: None,
+        auth: tidemark::adapters::cache::CacheAuth::None,
+    }));
+    let handler = tidemark::app::invalidator::Invalidator {
+        namespace: "Tidemark".into(),
+        cache,
+        dead_letter: Arc::new(NoDeadLetter),
+        emf: tidemark::metrics::EmfOut::Captured(Arc::default()),
+    };
+    let client = redis::Client::open(url.as_str())?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let prefix = format!("bench{}:", std::process::id());
+    // Lambda's default SQS batch is 10 messages; the packer fills a message to ~248 KiB
+    // (about 7,000 keys of this length).
+    for (messages, keys_per_message) in [(10usize, 100usize), (10, 1_000), (10, 7_000)] {
+        let (event, keys) = invalidation_event(&prefix, messages, keys_per_message);
+        let rounds = (400_000 / keys.len()).clamp(5, 200);
+        let mut times = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let mut pipe = redis::pipe();
+            for k in &keys {
+                pipe.cmd("SET").arg(k).arg("v").ignore();
+            }
+            pipe.query_async::<()>(&mut con).await?;
+            let start = Instant::now();
+            let failed = handler.handle(&event).await.map_err(anyhow::Error::msg)?;
+            times.push(start.elapsed().as_secs_f64());
+            if !failed.is_empty() {
+                bail!("{} messages failed", failed.len());
+            }
+            // What the bench claims: every key is gone from the cache.
+            let mut pipe = redis::pipe();
+            for k in keys.iter().step_by(97) {
+                pipe.cmd("EXISTS").arg(k);
+            }
+            let left: Vec<u64> = pipe.query_async(&mut con).await?;
+            if left.iter().any(|n| *n != 0) {
+                bail!("keys left in the cache after the batch");
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let best = times[0];
+        println!(
+            "invalidator, SQS batch of {messages} SNS-wrapped messages × {keys_per_message} keys ({:.2} MB): median {:.2} ms → {:.0} messages/s, {:.0} keys/s (best {:.0} keys/s) over {rounds} batches",
+            event.len() as f64 / 1e6,
+            median * 1e3,
+            messages as f64 / median,
+            keys.len() as f64 / median,
+            keys.len() as f64 / best,
         );
     }
     Ok(())
