@@ -1,6 +1,10 @@
 //! TEST CODE: a Lambda SQS event source mapping. Receives a batch, invokes the function,
-//! deletes what succeeded and makes only the failed messages visible again (moto's redrive
+//! deletes what succeeded and leaves the failed messages to come back (moto's redrive
 //! policy moves a message to the dead-letter queue after maxReceiveCount receives).
+//!
+//! Time is scaled: on AWS a failed message comes back when the queue's visibility timeout
+//! ends (the template's 361 s); here it comes back after [`SqsMapping::retry_after`]
+//! (default 0: tests order retries by state, not by timers; the simulation sets 1 s).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +34,8 @@ pub struct SqsMapping {
     /// While set, the mapping receives nothing (a test orders deliveries by state, not by
     /// timers: see [`SqsMapping::pause`]).
     paused: std::sync::atomic::AtomicBool,
+    /// The scaled visibility timeout: a failed message is received again after it.
+    retry_after: std::sync::atomic::AtomicU32,
 }
 
 impl SqsMapping {
@@ -56,6 +62,7 @@ impl SqsMapping {
             window_open: std::sync::Mutex::default(),
             log: Arc::default(),
             paused: std::sync::atomic::AtomicBool::new(false),
+            retry_after: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -79,11 +86,19 @@ impl SqsMapping {
             window_open: std::sync::Mutex::default(),
             log: Arc::default(),
             paused: std::sync::atomic::AtomicBool::new(false),
+            retry_after: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
     /// Stops (or resumes) receiving: the messages wait in the queue, as behind a disabled
     /// mapping. Lets a test deliver a message after some other event whatever the timers.
+    /// The visibility timeout, scaled: a failed message is received again `seconds`
+    /// after its failure (on AWS: the queue's `VisibilityTimeout`).
+    pub fn retry_after(&self, seconds: u32) {
+        self.retry_after
+            .store(seconds, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn pause(&self, paused: bool) {
         self.paused
             .store(paused, std::sync::atomic::Ordering::SeqCst);
@@ -199,7 +214,10 @@ impl SqsMapping {
                     .change_message_visibility()
                     .queue_url(&self.queue_url)
                     .receipt_handle(handle)
-                    .visibility_timeout(0)
+                    .visibility_timeout(
+                        i32::try_from(self.retry_after.load(std::sync::atomic::Ordering::SeqCst))
+                            .unwrap_or(i32::MAX),
+                    )
                     .send()
                     .await?;
             } else {

@@ -293,13 +293,33 @@ impl Replicator {
                     .map(|(k, v)| (k.clone(), to_table_attr(v)))
                     .collect();
                 let before_ms = crate::now_ms();
-                self.dest
+                let mut put = self
+                    .dest
                     .dynamodb
                     .put_item()
                     .table_name(&self.table)
-                    .set_item(Some(item))
-                    .send()
-                    .await?;
+                    .set_item(Some(item));
+                if let Some(a) = &self.written_at {
+                    // The destination decides, as DynamoDB does: a local write it took
+                    // after this one (not yet seen on its stream) keeps its place.
+                    put = put
+                        .condition_expression("attribute_not_exists(#w) OR #w < :t")
+                        .expression_attribute_names("#w", a)
+                        .expression_attribute_values(
+                            ":t",
+                            aws_sdk_dynamodb::types::AttributeValue::N(t.to_string()),
+                        );
+                }
+                match put.send().await {
+                    Ok(_) => {}
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+                    {
+                        return Ok(()); // lost to a newer local write
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 self.applied.push(Applied {
                     written_at_ms: t,
                     before_ms,

@@ -1181,6 +1181,18 @@ impl World {
     }
 
     /// Sets the replication delay of one direction (tables); others keep theirs.
+    /// The queues' visibility timeout, scaled (see [`SqsMapping::retry_after`]): a
+    /// message an invocation failed is received again `seconds` later.
+    pub fn set_sqs_retry_after(&self, seconds: u32) {
+        for r in &self.regions {
+            r.invalidation_mapping.retry_after(seconds);
+            r.object_mapping.retry_after(seconds);
+            if let Some(m) = &r.delayed_mapping {
+                m.retry_after(seconds);
+            }
+        }
+    }
+
     pub fn set_replication_delay(&mut self, from: &str, to: &str, delay: Duration) {
         for r in self
             .replicators
