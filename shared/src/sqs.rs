@@ -17,6 +17,8 @@ pub struct SqsRecord<'a> {
     /// `attributes.SentTimestamp` in epoch milliseconds, 0 when absent.
     pub sent_ms: u64,
     pub receive_count: u32,
+    /// Received from the delayed second delete's queue (`eventSourceARN` names it).
+    pub second_delete: bool,
 }
 
 #[derive(Deserialize)]
@@ -27,6 +29,8 @@ struct Wire<'a> {
     body: Option<Str<'a>>,
     #[serde(default, borrow)]
     attributes: Option<WireAttrs<'a>>,
+    #[serde(rename = "eventSourceARN", default, borrow)]
+    source_arn: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -71,11 +75,17 @@ impl<'a> SqsRecord<'a> {
             ),
             None => (0, 1),
         };
+        let second_delete = w.source_arn.as_deref().is_some_and(|arn| {
+            arn.rsplit(':')
+                .next()
+                .is_some_and(|queue| queue.starts_with(crate::wiring::SECOND_DELETE_QUEUE_PREFIX))
+        });
         Ok(SqsRecord {
             message_id,
             body,
             sent_ms,
             receive_count,
+            second_delete,
         })
     }
 

@@ -24,6 +24,10 @@ pub const QUEUE_FUNCTION_TIMEOUT_S: u32 = 60;
 pub const VISIBILITY_TIMEOUT_FACTOR: u32 = 6;
 /// Batching window (s) of the SQS mappings (also added to the visibility timeout).
 pub const QUEUE_BATCHING_WINDOW_S: u32 = 1;
+/// Name of the delayed second delete's queue, before the region (`SecondDeleteQueue`): the
+/// cache-invalidator tells its messages apart by it (they are not a change's first
+/// invalidation, so they measure no invalidation age).
+pub const SECOND_DELETE_QUEUE_PREFIX: &str = "tidemark-invalidations-delayed-";
 /// Template parameter holding one stream ARN per table, in `tidemark.toml` order.
 pub const STREAM_ARNS_PARAMETER: &str = "TableStreamArns";
 
@@ -593,6 +597,21 @@ mod tests {
         assert!(
             stale.is_empty(),
             "template.yaml: blocks {stale:?} differ from tidemark.toml; run `cargo run -p tidemark -- wiring tidemark.toml template.yaml`"
+        );
+    }
+
+    #[test]
+    fn the_second_delete_queue_is_named_as_the_invalidator_expects() {
+        let block = TEMPLATE
+            .split("\n  SecondDeleteQueue:\n")
+            .nth(1)
+            .and_then(|b| b.split("\n\n").next())
+            .expect("template.yaml: a SecondDeleteQueue resource");
+        assert!(
+            block.contains(&format!(
+                "QueueName: !Sub {SECOND_DELETE_QUEUE_PREFIX}${{AWS::Region}}"
+            )),
+            "template.yaml: SecondDeleteQueue: expected QueueName !Sub {SECOND_DELETE_QUEUE_PREFIX}${{AWS::Region}}, found {block}"
         );
     }
 

@@ -1683,6 +1683,33 @@ async fn held_reader(second_delete: Option<u32>) -> Result<(Option<String>, Opti
         .await?;
     }
     w.settle().await?;
+    if second_delete.is_some() {
+        // A second delete measures no invalidation age: the age of each change is taken
+        // at its first invalidation only (else the delay would show as staleness).
+        let first: usize = w
+            .region(EU)
+            .invalidation_mapping
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, r)| r == &Ok(vec![]))
+            .map(|(ids, _)| ids.len())
+            .sum();
+        let ages: Vec<f64> = w
+            .emf(EU, "cache-invalidator")
+            .iter()
+            .flat_map(|d| match &d["InvalidationAge"] {
+                serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_f64()).collect(),
+                v => v.as_f64().into_iter().collect::<Vec<_>>(),
+            })
+            .collect();
+        assert_eq!(
+            ages.len(),
+            first,
+            "InvalidationAge: expected one sample per first invalidation ({first}), none per second delete; found {ages:?}"
+        );
+    }
     let cached: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut c).await?;
     Ok((cached, w.get_user(EU, "h").await?))
 }

@@ -213,6 +213,14 @@ impl crate::lambda::BatchHandler for Invalidator {
             };
             let id = msg.message_id.to_string();
             match decode_body(&msg.body) {
+                Ok(Work::Invalidate(mut m)) if msg.second_delete => {
+                    // A second delete: the change's age was measured at its first.
+                    m.changed_at_ms = 0;
+                    Decoded::Ok {
+                        id,
+                        change: Work::Invalidate(m),
+                    }
+                }
                 Ok(change) => Decoded::Ok { id, change },
                 Err(error) => Decoded::Reject {
                     id: Some(id),
