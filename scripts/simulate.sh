@@ -4,6 +4,20 @@
 # simulation with the real binaries, and stops the emulators.
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
+# --help and unknown options are answered before anything is installed or built (the help
+# is the binary's own text; the binary checks the values).
+HELP_FILE=tests/src/sim/help.txt
+known=" $(grep -oE '^ +(-h, )?--[a-z-]+' "$HELP_FILE" | grep -oE -- '--[a-z-]+' | tr '\n' ' ') -h "
+for arg in "$@"; do
+  case "$arg" in
+    -h | --help) cat "$HELP_FILE"; exit 0 ;;
+    -*)
+      if [[ "$known" != *" ${arg%%=*} "* ]]; then
+        echo "simulate.sh: unknown option \`${arg%%=*}\` (bash scripts/simulate.sh --help lists them)" >&2
+        exit 2
+      fi ;;
+  esac
+done
 bash scripts/setup.sh
 bash scripts/build-local.sh
 step "building the simulation"

@@ -6,13 +6,15 @@
 //!
 //! USAGE: tidemark-page-check PAGE.html [--screenshot OUT.png] [--height PX]
 //!        [--expect-empty "WIDGET TITLE"]... [--allow-sparse "WIDGET TITLE"]...
+//!        [--allow-empty "WIDGET TITLE"]...
 //!
 //! `--expect-empty` names a widget the run is known to give no data (the check then wants
 //! it to say "No data" visibly, and fails if it has data after all). `--allow-sparse`
 //! names a widget of rare events whose data may all fall in one period (one point per
-//! series instead of a line of at least 2), or be absent in a short run (then it must say
-//! "No data" visibly). Exits 0 when every check holds, 1 when not,
-//! 2 on bad arguments.
+//! series instead of a line of at least 2; it must still have data). `--allow-empty`: the
+//! same, and a short run may have none (it must then say "No data" visibly). Each title
+//! must be one of the template's widgets. Exits 0 when every check holds, 1 when not, 2 on
+//! bad arguments.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -24,8 +26,7 @@ struct Args {
     page: PathBuf,
     screenshot: Option<PathBuf>,
     height: u32,
-    expect_empty: Vec<String>,
-    allow_sparse: Vec<String>,
+    lenient: page::Leniency,
 }
 
 fn parse(argv: &[String]) -> Result<Args, String> {
@@ -34,8 +35,7 @@ fn parse(argv: &[String]) -> Result<Args, String> {
         page: PathBuf::new(),
         screenshot: None,
         height: 1500,
-        expect_empty: Vec::new(),
-        allow_sparse: Vec::new(),
+        lenient: page::Leniency::default(),
     };
     let mut it = argv.iter();
     while let Some(arg) = it.next() {
@@ -52,8 +52,9 @@ fn parse(argv: &[String]) -> Result<Args, String> {
                     .parse()
                     .map_err(|_| format!("--height expects pixels, found `{v}`"))?;
             }
-            "--expect-empty" => a.expect_empty.push(val(arg)?),
-            "--allow-sparse" => a.allow_sparse.push(val(arg)?),
+            "--expect-empty" => a.lenient.expect_empty.push(val(arg)?),
+            "--allow-sparse" => a.lenient.allow_sparse.push(val(arg)?),
+            "--allow-empty" => a.lenient.allow_empty.push(val(arg)?),
             s if s.starts_with("--") => return Err(format!("unknown argument `{s}`")),
             s if page.is_none() => page = Some(PathBuf::from(s)),
             s => return Err(format!("expected one page, found a second `{s}`")),
@@ -107,13 +108,7 @@ fn run(a: &Args) -> Result<bool> {
     let dom = chromium(&page, &["--dump-dom".to_owned()])?;
     let rendered = page::read_dom(&dom)?;
     let titles = page::template_titles()?;
-    let problems = page::check_dom(
-        &rendered,
-        &expected,
-        &titles,
-        &a.expect_empty,
-        &a.allow_sparse,
-    );
+    let problems = page::check_dom(&rendered, &expected, &titles, &a.lenient);
     println!(
         "page check: {} — {} widgets ({}), {} fault windows and {} alarm annotations on the timeline",
         page.display(),

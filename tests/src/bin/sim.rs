@@ -29,16 +29,25 @@ async fn main() -> ExitCode {
         }
     };
     report::print(&r);
+    // The JSON report and the page are outputs the run promises: failing to write either
+    // fails the run.
+    let mut written = true;
     if let Some(dir) = a.report.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(dir);
     }
     match serde_json::to_string_pretty(&r).map(|j| std::fs::write(&a.report, j)) {
         Ok(Ok(())) => println!("report written to {}", a.report.display()),
-        Ok(Err(e)) => eprintln!(
-            "tidemark-sim: cannot write the report to {}: {e}",
-            a.report.display()
-        ),
-        Err(e) => eprintln!("tidemark-sim: cannot encode the report: {e}"),
+        Ok(Err(e)) => {
+            written = false;
+            eprintln!(
+                "tidemark-sim: cannot write the report to {}: {e}",
+                a.report.display()
+            );
+        }
+        Err(e) => {
+            written = false;
+            eprintln!("tidemark-sim: cannot encode the report: {e}");
+        }
     }
     match page::write(&r, &a.page) {
         Ok(()) => println!(
@@ -46,9 +55,12 @@ async fn main() -> ExitCode {
             a.page.display(),
             a.page.display()
         ),
-        Err(e) => eprintln!("tidemark-sim: cannot write the dashboard page: {e:#}"),
+        Err(e) => {
+            written = false;
+            eprintln!("tidemark-sim: cannot write the dashboard page: {e:#}");
+        }
     }
-    if r.pass {
+    if r.pass && written {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

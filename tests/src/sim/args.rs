@@ -4,37 +4,8 @@ use std::path::PathBuf;
 
 use super::faults::Fault;
 
-pub const HELP: &str = "\
-tidemark-sim — local two-region simulation of Tidemark (us-east-1 <-> eu-west-1)
-
-Drives a seeded workload against two simulated regions (moto + one redis-server per region,
-the stacks deployed from template.yaml), injects faults mid-run, keeps a ledger of every
-change, and at the end checks against it: no cache key stale, no record lost. Prints a
-report and writes it as JSON. Exits 0 when both hold, 1 when not, 2 on bad options.
-
-USAGE:
-    bash scripts/simulate.sh [OPTIONS]   (sets up, builds, starts the emulators, runs this)
-    tidemark-sim [OPTIONS]               (expects TIDEMARK_MOTO_URL and TIDEMARK_REDIS_* from scripts/env.sh)
-
-OPTIONS:
-    --duration SECS        how long the workload runs (default 90)
-    --rate N               changes per second, both regions together (default 4)
-    --items N              distinct items (users) the workload writes; objects: N/2 (default 40)
-    --faults LIST          comma-separated fault names, or `all` or `none` (default all):
-                             cache-refused      a region's cache refuses the invalidator, then black-holes it
-                             sns-refused        SNS refuses PublishBatch (a bounded number of calls)
-                             replication-paused us-east-1 -> eu-west-1 replication paused
-                             malformed          poison stream records and garbage object events
-                             function-crash     a stream-processor and a cache-invalidator killed mid-invocation
-                             s3-replication-failed  us-east-1 -> eu-west-1 object replication fails (S3 does not retry)
-    --seed N               seed of the workload and the fault order (default 1)
-    --in-process           call the handlers in-process instead of the cargo-lambda binaries
-    --report PATH          where the JSON report goes (default target/tidemark-sim-report.json)
-    --page PATH            where the dashboard page goes: one self-contained HTML file
-                           (default target/tidemark-sim-dashboard.html)
-    -h, --help             print this help
-";
-
+/// The options, shared with `scripts/simulate.sh` (which prints it without building).
+pub const HELP: &str = include_str!("help.txt");
 #[derive(Debug, Clone, PartialEq)]
 pub struct Args {
     pub duration_s: u64,
@@ -42,6 +13,8 @@ pub struct Args {
     pub items: usize,
     pub faults: Vec<Fault>,
     pub seed: u64,
+    /// Delay of the delayed second delete (`SecondDeleteDelaySeconds`); 0: none.
+    pub second_delete_s: u32,
     pub in_process: bool,
     pub report: PathBuf,
     pub page: PathBuf,
@@ -55,6 +28,7 @@ impl Default for Args {
             items: 40,
             faults: Fault::ALL.to_vec(),
             seed: 1,
+            second_delete_s: 5,
             in_process: false,
             report: PathBuf::from("target/tidemark-sim-report.json"),
             page: PathBuf::from("target/tidemark-sim-dashboard.html"),
@@ -96,7 +70,8 @@ pub fn parse(argv: &[String]) -> Result<Parsed, String> {
         };
         match flag {
             "-h" | "--help" => return Ok(Parsed::Help),
-            "--in-process" => a.in_process = true,
+            "--in-process" if inline.is_none() => a.in_process = true,
+            "--in-process" => return Err("--in-process takes no value".to_owned()),
             "--duration" => {
                 a.duration_s = number(&val(&mut it)?, flag, "a whole number of seconds ≥ 5")?;
                 if a.duration_s < 5 {
@@ -125,9 +100,27 @@ pub fn parse(argv: &[String]) -> Result<Parsed, String> {
                 }
             }
             "--seed" => a.seed = number(&val(&mut it)?, flag, "a whole number")?,
+            "--second-delete" => {
+                a.second_delete_s = number(&val(&mut it)?, flag, "seconds from 0 to 900")?;
+                if a.second_delete_s > 900 {
+                    return Err(format!(
+                        "--second-delete expects seconds from 0 to 900 (SQS DelaySeconds), found {}",
+                        a.second_delete_s
+                    ));
+                }
+            }
             "--report" => a.report = PathBuf::from(val(&mut it)?),
             "--page" => a.page = PathBuf::from(val(&mut it)?),
-            "--faults" => a.faults = Fault::parse_list(&val(&mut it)?)?,
+            "--faults" => {
+                let list = val(&mut it)?;
+                if list.trim().is_empty() {
+                    return Err(
+                        "--faults expects `all`, `none` or fault names, found an empty list"
+                            .to_owned(),
+                    );
+                }
+                a.faults = Fault::parse_list(&list)?;
+            }
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -161,6 +154,7 @@ mod tests {
         assert!((a.rate - 2.5).abs() < f64::EPSILON);
         assert_eq!(a.faults, vec![Fault::SnsRefused, Fault::Malformed]);
         assert_eq!(a.seed, 9);
+        assert_eq!(a.second_delete_s, 5);
         assert!(a.in_process);
         assert_eq!(a.items, Args::default().items);
         assert_eq!(
@@ -179,6 +173,13 @@ mod tests {
         assert!(p(&["--duration", "x"]).unwrap_err().contains("found `x`"));
         assert!(p(&["--duration"]).unwrap_err().contains("found the end"));
         assert!(p(&["--rate", "0"]).unwrap_err().contains("found 0"));
+        assert!(
+            p(&["--second-delete", "901"])
+                .unwrap_err()
+                .contains("found 901")
+        );
+        assert!(p(&["--faults", ""]).unwrap_err().contains("empty list"));
+        assert!(p(&["--in-process=false"]).unwrap_err().contains("no value"));
         let e = p(&["--faults", "cache-refused,quake"]).unwrap_err();
         assert!(e.contains("`quake`") && e.contains("sns-refused"), "{e}");
     }

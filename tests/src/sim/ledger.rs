@@ -49,8 +49,13 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn record(&mut self, region: &str, concurrent: bool, change: Change) {
+        self.record_at(crate::now_ms(), region, concurrent, change);
+    }
+
+    /// A change whose write time the item carries (`updated_at_ms`, last-writer-wins).
+    pub fn record_at(&mut self, at_ms: u64, region: &str, concurrent: bool, change: Change) {
         self.entries.push(Entry {
-            at_ms: crate::now_ms(),
+            at_ms,
             region: region.to_owned(),
             concurrent,
             change,
@@ -71,9 +76,11 @@ impl Ledger {
         })
     }
 
-    /// The value (e-mail) every replica must hold for each item: the last write, or any
-    /// of the last writes of each region when those were made within `window_ms` of each
-    /// other (they crossed in replication: last-writer-wins decides).
+    /// The value (e-mail) every replica must hold for each item: the last write. Writes
+    /// that crossed in replication (both regions within `window_ms`) are decided by
+    /// last-writer-wins on their write times, which increase in ledger order: between
+    /// puts that is the last one too. A delete or TTL expiry among them is timed by
+    /// DynamoDB, not by the item, so there any of the crossing values is accepted.
     pub fn expected_items(&self, window_ms: u64) -> BTreeMap<String, Acceptable> {
         let mut per: BTreeMap<String, Vec<&Entry>> = BTreeMap::new();
         for e in &self.entries {
@@ -90,14 +97,18 @@ impl Ledger {
                     _ => None,
                 };
                 let last = es[es.len() - 1];
+                let crossing: Vec<&Entry> = es
+                    .iter()
+                    .rev()
+                    .skip(1)
+                    .take_while(|e| last.at_ms.saturating_sub(e.at_ms) <= window_ms)
+                    .filter(|e| e.region != last.region && (e.concurrent || last.concurrent))
+                    .copied()
+                    .collect();
+                let timed_by_item = |e: &Entry| matches!(e.change, Change::Put { .. });
                 let mut ok: Acceptable = [value(last)].into();
-                for e in es.iter().rev().skip(1) {
-                    if last.at_ms.saturating_sub(e.at_ms) > window_ms {
-                        break;
-                    }
-                    if e.region != last.region && (e.concurrent || last.concurrent) {
-                        ok.insert(value(e));
-                    }
+                if !(timed_by_item(last) && crossing.iter().all(|e| timed_by_item(e))) {
+                    ok.extend(crossing.iter().map(|e| value(e)));
                 }
                 (pk, ok)
             })
@@ -160,12 +171,21 @@ mod tests {
         );
         at(&mut l, 5_000, "us-east-1", true, put("c", "c-us"));
         at(&mut l, 5_001, "eu-west-1", true, put("c", "c-eu"));
+        at(&mut l, 5_000, "us-east-1", true, put("d", "d-us"));
+        at(&mut l, 5_001, "eu-west-1", true, put("d", "d-eu"));
+        at(
+            &mut l,
+            5_002,
+            "eu-west-1",
+            false,
+            Change::Delete { pk: "d".into() },
+        );
         let x = l.expected_items(3_000);
         assert_eq!(x["a"], [Some("a2".to_owned())].into());
         assert_eq!(x["b"], [None].into());
-        assert_eq!(
-            x["c"],
-            [Some("c-us".to_owned()), Some("c-eu".to_owned())].into()
-        );
+        // Puts crossing: the later write time wins everywhere.
+        assert_eq!(x["c"], [Some("c-eu".to_owned())].into());
+        // A delete among them is timed by DynamoDB: either outcome.
+        assert_eq!(x["d"], [None, Some("d-us".to_owned())].into());
     }
 }

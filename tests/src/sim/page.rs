@@ -724,22 +724,46 @@ pub fn expected(page: &str) -> Result<Expected> {
     })
 }
 
+/// Widgets the browser check treats leniently, by title (each must be a template widget).
+#[derive(Debug, Default, Clone)]
+pub struct Leniency {
+    /// Known to get no data in the run: each must say "No data" visibly, and fails if it
+    /// has data after all (the list stays true).
+    pub expect_empty: Vec<String>,
+    /// Rare events: data required, but it may all fall in one period (one point per series
+    /// instead of a line of at least 2).
+    pub allow_sparse: Vec<String>,
+    /// Rare events a short run may not have at all: one point or none ("No data" then).
+    pub allow_empty: Vec<String>,
+}
+
 /// The browser check's verdicts on a rendered page: the template's widgets in order with
 /// the same titles; every widget drew exactly the series of the page's data (label and
 /// point count per path, and what it reports in `data-rendered-series` / `data-points`);
-/// every widget with data drew a path of at least 2 points, unless it is one of
-/// `allow_sparse` (rare events: a short run may have them in one period, or none); a widget
-/// without data says so visibly and must be one of `expect_empty` (which must then be
-/// empty: the list stays true) or `allow_sparse`; each chart shades every fault window and marks the transitions of the alarms on
-/// its metrics, and the timeline all of them. Returns the problems found.
+/// every widget with data drew a path of at least 2 points unless `lenient` says
+/// otherwise; a widget without data says so visibly; each chart shades every fault window
+/// and marks the transitions of the alarms on its metrics, and the timeline all of them.
+/// Returns the problems found.
 pub fn check_dom(
     r: &Rendered,
     e: &Expected,
     template_titles: &[String],
-    expect_empty: &[String],
-    allow_sparse: &[String],
+    lenient: &Leniency,
 ) -> Vec<String> {
     let mut bad = Vec::new();
+    for (flag, list) in [
+        ("--expect-empty", &lenient.expect_empty),
+        ("--allow-sparse", &lenient.allow_sparse),
+        ("--allow-empty", &lenient.allow_empty),
+    ] {
+        for t in list.iter().filter(|t| !template_titles.contains(t)) {
+            bad.push(format!(
+                "{flag}: expected a widget title of the template's dashboard, found {t:?}"
+            ));
+        }
+    }
+    let expect_empty = &lenient.expect_empty;
+    let sparse = |t: &String| lenient.allow_sparse.contains(t) || lenient.allow_empty.contains(t);
     if r.status != "ok" {
         bad.push(format!(
             "#render-status: expected data-status=\"ok\", found {:?} ({})",
@@ -791,7 +815,7 @@ pub fn check_dom(
                     w.no_data, w.text
                 ));
             }
-            if !expect_empty.contains(&x.title) && !allow_sparse.contains(&x.title) {
+            if !expect_empty.contains(&x.title) && !lenient.allow_empty.contains(&x.title) {
                 bad.push(format!(
                     "{at}: expected data, found none ({})",
                     x.missing.join("; ")
@@ -804,7 +828,7 @@ pub fn check_dom(
                     x.series.len()
                 ));
             }
-            if !w.paths.iter().any(|(_, n)| *n >= 2) && !allow_sparse.contains(&x.title) {
+            if !w.paths.iter().any(|(_, n)| *n >= 2) && !sparse(&x.title) {
                 bad.push(format!(
                     "{at}: expected a path with at least 2 points, found {:?}",
                     w.paths
@@ -1029,12 +1053,20 @@ mod tests {
 <section class="widget" data-title="B" data-rendered-series="0" data-points="0" data-no-data="true"><svg><rect class="fault-window"></rect><text>No data: m</text></svg></section>"#;
         let titles = ["A".to_owned(), "B".to_owned()];
         let r = read_dom(dom).unwrap();
+        let lenient = |expect_empty: &[&str], allow_sparse: &[&str], allow_empty: &[&str]| {
+            let v = |l: &[&str]| l.iter().map(|t| (*t).to_owned()).collect();
+            Leniency {
+                expect_empty: v(expect_empty),
+                allow_sparse: v(allow_sparse),
+                allow_empty: v(allow_empty),
+            }
+        };
         assert_eq!(
-            check_dom(&r, &e, &titles, &["B".into()], &[]),
+            check_dom(&r, &e, &titles, &lenient(&["B"], &[], &[])),
             Vec::<String>::new()
         );
         // B not expected empty: named.
-        let bad = check_dom(&r, &e, &titles, &[], &[]);
+        let bad = check_dom(&r, &e, &titles, &Leniency::default());
         assert!(
             bad.len() == 1 && bad[0].contains("\"B\": expected data"),
             "{bad:?}"
@@ -1044,19 +1076,76 @@ mod tests {
             r#"<path class="series" d="M1 2 L3 4 L5 6" data-label="a"></path>"#,
             "",
         );
-        let bad = check_dom(&read_dom(&broken).unwrap(), &e, &titles, &["B".into()], &[]);
+        let bad = check_dom(
+            &read_dom(&broken).unwrap(),
+            &e,
+            &titles,
+            &lenient(&["B"], &[], &[]),
+        );
         assert!(
             bad.iter()
                 .any(|b| b.contains("expected the 1 series of the page's data drawn")),
             "{bad:?}"
         );
-        // B allowed sparse: it may be empty (it still says "No data").
+        // B allowed empty: it may have no data (it still says "No data").
         assert_eq!(
-            check_dom(&r, &e, &titles, &[], &["B".into()]),
+            check_dom(&r, &e, &titles, &lenient(&[], &[], &["B"])),
             Vec::<String>::new()
         );
+        // B allowed sparse only: data is still required.
+        let bad = check_dom(&r, &e, &titles, &lenient(&[], &["B"], &[]));
+        assert!(
+            bad.len() == 1 && bad[0].contains("\"B\": expected data"),
+            "{bad:?}"
+        );
+        // A single point: only a sparse or empty-allowed widget may.
+        let one = dom.replace(
+            r#"d="M1 2 L3 4 L5 6" data-label="a"></path>"#,
+            r#"d="M1 2" data-label="a"></path>"#,
+        );
+        let e1 = Expected {
+            widgets: vec![
+                ExpectedWidget {
+                    series: vec![("a".into(), 1)],
+                    ..e.widgets[0].clone()
+                },
+                e.widgets[1].clone(),
+            ],
+            ..e.clone()
+        };
+        let one = one.replace(r#"data-points="3""#, r#"data-points="1""#);
+        let bad = check_dom(
+            &read_dom(&one).unwrap(),
+            &e1,
+            &titles,
+            &lenient(&["B"], &[], &[]),
+        );
+        assert!(
+            bad.len() == 1 && bad[0].contains("at least 2 points"),
+            "{bad:?}"
+        );
+        assert_eq!(
+            check_dom(
+                &read_dom(&one).unwrap(),
+                &e1,
+                &titles,
+                &lenient(&["B"], &["A"], &[])
+            ),
+            Vec::<String>::new()
+        );
+        // A title the template does not have: named (a typo would silently allow nothing).
+        let bad = check_dom(&r, &e, &titles, &lenient(&["B"], &["Z"], &[]));
+        assert!(
+            bad.len() == 1 && bad[0].contains("--allow-sparse") && bad[0].contains("\"Z\""),
+            "{bad:?}"
+        );
         // A wrong order.
-        let bad = check_dom(&r, &e, &["B".into(), "A".into()], &["B".into()], &[]);
+        let bad = check_dom(
+            &r,
+            &e,
+            &["B".into(), "A".into()],
+            &lenient(&["B"], &[], &[]),
+        );
         assert!(bad[0].contains("in order"), "{bad:?}");
     }
 }

@@ -2,6 +2,14 @@
 //! along — through faults and slow invocations alike, as an application does not wait for
 //! its cache's invalidator. A read goes to the cache; on a miss to the region's replica,
 //! then `SET … EX` with the TTL the README advises as a backstop.
+//!
+//! Some misses are slow readers: the `SET` comes 1–4 s after the replica read (drawn from
+//! the seed), as an application paused between the two (a GC, a slow network). Such a
+//! reader can read the replica just before a change and set the old value just after the
+//! change's invalidation deleted the key (the first delete comes 1–3 s after the change
+//! here: the batching windows): only the delayed second delete removes it (the TTL would
+//! keep it for 10 minutes), so it must come later than any reader's read-to-SET time
+//! (`--second-delete 5`). With `--second-delete 0` those keys stay stale.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,9 +30,12 @@ pub const READ_TTL_S: u64 = 600;
 /// Reads per region per round.
 const READS_PER_ROUND: usize = 8;
 const ROUND_PAUSE: Duration = Duration::from_millis(20);
+/// Share of misses whose `SET` is late, and how late (ms, uniform).
+const LATE_SET_SHARE: f64 = 0.25;
+const LATE_SET_MS: (usize, usize) = (1_000, 4_000);
 
-/// Per region: (reads, cache hits).
-pub type Counts = BTreeMap<String, (u64, u64)>;
+/// Per region: (reads, cache hits, late sets).
+pub type Counts = BTreeMap<String, (u64, u64, u64)>;
 
 struct Region {
     name: String,
@@ -43,6 +54,8 @@ struct Reader {
     objects: usize,
     rng: Rng,
     counts: Arc<Mutex<Counts>>,
+    /// The late `SET`s still waiting.
+    late: tokio::task::JoinSet<Result<()>>,
 }
 
 /// The running readers.
@@ -77,6 +90,7 @@ impl Readers {
             objects,
             rng: Rng::new(seed ^ 0x5245_4144_4552_5321),
             counts: counts.clone(),
+            late: tokio::task::JoinSet::new(),
         };
         let stopping = stop.clone();
         let task = tokio::spawn(async move {
@@ -87,6 +101,12 @@ impl Readers {
                     }
                 }
                 tokio::time::sleep(ROUND_PAUSE).await;
+                while let Some(done) = reader.late.try_join_next() {
+                    done.context("a late SET")??;
+                }
+            }
+            while let Some(done) = reader.late.join_next().await {
+                done.context("a late SET")??;
             }
             Ok(())
         });
@@ -101,7 +121,8 @@ impl Readers {
             .clone()
     }
 
-    /// Stops the readers after their current round; a reader's error ends the run.
+    /// Stops the readers after their current round and their late `SET`s; a reader's
+    /// error ends the run.
     pub async fn stop(self) -> Result<Counts> {
         self.stop.store(true, Ordering::Relaxed);
         let counts = self.counts.clone();
@@ -147,17 +168,42 @@ impl Reader {
                 }
             }
         }
-        for (k, v) in sets {
-            redis::cmd("SET")
-                .arg(&k)
-                .arg(&v)
-                .arg("EX")
-                .arg(READ_TTL_S)
-                .query_async::<()>(&mut r.conn)
-                .await?;
+        if sets.is_empty() {
+            return Ok(());
         }
+        let late = self.rng.chance(LATE_SET_SHARE).then(|| {
+            Duration::from_millis(
+                (LATE_SET_MS.0 + self.rng.below(LATE_SET_MS.1 - LATE_SET_MS.0 + 1)) as u64,
+            )
+        });
+        let mut conn = r.conn.clone();
+        let Some(after) = late else {
+            return set_all(&mut conn, &sets).await;
+        };
+        {
+            let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            counts.entry(r.name.clone()).or_default().2 += 1;
+        }
+        self.late.spawn(async move {
+            tokio::time::sleep(after).await;
+            set_all(&mut conn, &sets).await
+        });
         Ok(())
     }
+}
+
+/// `SET … EX` of what a reader read.
+async fn set_all(conn: &mut MultiplexedConnection, sets: &[(String, String)]) -> Result<()> {
+    for (k, v) in sets {
+        redis::cmd("SET")
+            .arg(k)
+            .arg(v)
+            .arg("EX")
+            .arg(READ_TTL_S)
+            .query_async::<()>(conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// A user's e-mail in a region's replica (strongly consistent read; None: absent).

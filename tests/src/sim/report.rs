@@ -46,10 +46,20 @@ pub struct Recovery {
     /// Object versions that had failed to replicate, replicated again by S3 Batch
     /// Replication (all directions).
     pub batch_replicated: usize,
-    /// Ids of the records the stores keep (sequence numbers, message ids).
-    #[serde(skip)]
-    pub found: Vec<String>,
+    /// What the dead-letter stores still keep after the runbook (a last dry run): only
+    /// the injected malformed records may be left.
+    pub remaining: Vec<Remaining>,
     pub lines: Vec<String>,
+}
+
+/// One entry a dead-letter store keeps after the runbook.
+#[derive(Debug, Clone, Serialize)]
+pub struct Remaining {
+    pub region: String,
+    /// The record's id (sequence number, message id) when the store names it.
+    pub id: Option<String>,
+    /// `<store>: <verdict>[: <reason>]`, and the count when not one record.
+    pub what: String,
 }
 
 pub struct Outcome {
@@ -58,7 +68,7 @@ pub struct Outcome {
     pub run_start_ms: u64,
     pub run_end_ms: u64,
     pub elapsed_s: f64,
-    pub reads: BTreeMap<String, (u64, u64)>,
+    pub reads: super::readers::Counts,
     pub fault_windows: Vec<FaultWindow>,
     pub recovery: Recovery,
     pub conflict_window_ms: u64,
@@ -90,17 +100,7 @@ pub async fn recover(w: &mut World, config: &tidemark::config::Config) -> Result
     }
     let mut replayed_any = false;
     for r in REGIONS {
-        let replay = w.replay(r, config.clone());
-        let dry = replay
-            .run(
-                &Options {
-                    apply: false,
-                    from: Store::ALL.to_vec(),
-                    limit: None,
-                },
-                &|_, _, _| {},
-            )
-            .await;
+        let dry = dry_run(w, r, config).await;
         let held = rec.dead_letters.entry(r.to_owned()).or_default();
         for item in &dry.items {
             let store = item.store.name();
@@ -113,7 +113,6 @@ pub async fn recover(w: &mut World, config: &tidemark::config::Config) -> Result
                         *held
                             .entry(format!("{store}: rejected: {}", short(&x.reason)))
                             .or_default() += 1;
-                        rec.found.push(x.id.clone());
                     }
                 }
                 Verdict::Failed { reason } | Verdict::Skipped { reason } => {
@@ -131,7 +130,8 @@ pub async fn recover(w: &mut World, config: &tidemark::config::Config) -> Result
             dry.replayed(),
             dry.still_rejected()
         ));
-        let applied = replay
+        let applied = w
+            .replay(r, config.clone())
             .run(
                 &Options {
                     apply: true,
@@ -158,7 +158,58 @@ pub async fn recover(w: &mut World, config: &tidemark::config::Config) -> Result
     if replayed_any {
         w.settle().await?;
     }
+    // What is left: a last dry run in each region.
+    for r in REGIONS {
+        let dry = dry_run(w, r, config).await;
+        for item in &dry.items {
+            let store = item.store.name();
+            match &item.verdict {
+                Verdict::StillRejected { records } => {
+                    rec.remaining.extend(records.iter().map(|x| Remaining {
+                        region: r.to_owned(),
+                        id: Some(x.id.clone()),
+                        what: format!("{store}: rejected: {}", short(&x.reason)),
+                    }));
+                }
+                Verdict::Replayed => rec.remaining.push(Remaining {
+                    region: r.to_owned(),
+                    id: None,
+                    what: format!("{store}: {} record(s) would replay", item.records),
+                }),
+                Verdict::Failed { reason } | Verdict::Skipped { reason } => {
+                    rec.remaining.push(Remaining {
+                        region: r.to_owned(),
+                        id: None,
+                        what: format!(
+                            "{store}: {} record(s) left: {}",
+                            item.records,
+                            short(reason)
+                        ),
+                    });
+                }
+            }
+        }
+    }
     Ok(rec)
+}
+
+/// `tidemark replay --region R` without `--apply`, over every store.
+async fn dry_run(
+    w: &World,
+    region: &str,
+    config: &tidemark::config::Config,
+) -> tidemark::replay::Summary {
+    use tidemark::replay::{Options, Store};
+    w.replay(region, config.clone())
+        .run(
+            &Options {
+                apply: false,
+                from: Store::ALL.to_vec(),
+                limit: None,
+            },
+            &|_, _, _| {},
+        )
+        .await
 }
 
 /// A reason without digits-heavy detail, for grouping (reasons name keys and attribute
@@ -200,6 +251,9 @@ pub struct RegionReport {
     pub changes: usize,
     pub reads: u64,
     pub cache_hits: u64,
+    /// Reads whose `SET` came 1–4 s after the replica read (what the delayed second delete
+    /// is for).
+    pub late_sets: u64,
     pub invalidations_published: f64,
     pub invalidations_applied: f64,
     /// Keys in the cache at the end (each checked against the replica).
@@ -217,6 +271,9 @@ pub struct RegionReport {
     pub replayed: Option<Replayed>,
     pub alarms_fired: Vec<AlarmReport>,
     pub alarms_evaluated: usize,
+    /// Alarms on metrics AWS publishes (Lambda, SQS, S3, Route 53), which the emulators do
+    /// not: metric → alarms.
+    pub alarms_not_evaluated: BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -413,25 +470,43 @@ pub async fn build(
             }
         }
     }
-    // Injected malformed records must each sit in a dead-letter store.
+    // Injected malformed records must each sit in a dead-letter store, and nothing else
+    // may: the workload writes only valid changes, so any other entry left after the
+    // runbook is a change the pipeline gave up on.
+    let kept = |id: &str| {
+        o.recovery
+            .remaining
+            .iter()
+            .any(|x| x.id.as_deref() == Some(id))
+    };
     let mut malformed_found = 0;
-    let mut missing_malformed = Vec::new();
-    for (r, seq) in &o.injected_poison {
-        if o.recovery.found.iter().any(|f| f == seq) {
+    let injected = o
+        .injected_poison
+        .iter()
+        .map(|(r, seq)| (r, seq, "poison record seq"))
+        .chain(
+            o.injected_garbage
+                .iter()
+                .map(|(r, id)| (r, id, "garbage message")),
+        );
+    for (r, id, what) in injected.clone() {
+        if kept(id) {
             malformed_found += 1;
         } else {
-            missing_malformed.push((r.clone(), format!("poison record seq {seq}")));
+            lost.entry(r.clone())
+                .or_default()
+                .push(format!("{what} {id} not in a dead-letter store"));
         }
     }
-    for (r, id) in &o.injected_garbage {
-        if o.recovery.found.iter().any(|f| f == id) {
-            malformed_found += 1;
-        } else {
-            missing_malformed.push((r.clone(), format!("garbage message {id}")));
+    for x in &o.recovery.remaining {
+        let id = x.id.as_deref();
+        if !injected.clone().any(|(_, i, _)| Some(i.as_str()) == id) {
+            lost.entry(x.region.clone()).or_default().push(format!(
+                "dead letter left after the runbook: {}{}",
+                x.what,
+                id.map(|i| format!(" (id {i})")).unwrap_or_default()
+            ));
         }
-    }
-    for (r, what) in missing_malformed {
-        lost.entry(r).or_default().push(what);
     }
 
     let mut regions = Vec::new();
@@ -463,8 +538,12 @@ pub async fn build(
         let samples = alarms::samples(&docs)?;
         let mut fired = Vec::new();
         let mut evaluated = 0;
+        let mut not_evaluated: BTreeMap<String, usize> = BTreeMap::new();
         for a in alarms::alarms(&w.region(r).wiring)? {
             if !a.is_emf() {
+                *not_evaluated
+                    .entry(format!("{} {}", a.query.namespace(), a.query.metric()))
+                    .or_default() += 1;
                 continue;
             }
             evaluated += 1;
@@ -484,12 +563,13 @@ pub async fn build(
             .iter()
             .flat_map(|d| values(d, "InvalidationAge"))
             .collect();
-        let (reads, hits) = o.reads.get(r).copied().unwrap_or_default();
+        let (reads, hits, late_sets) = o.reads.get(r).copied().unwrap_or_default();
         regions.push(RegionReport {
             region: r.to_owned(),
             changes: ledger.count(r),
             reads,
             cache_hits: hits,
+            late_sets,
             invalidations_published: sum(&docs, "InvalidationKeys"),
             invalidations_applied: sum(&docs, "KeysInvalidated"),
             cached_keys,
@@ -504,6 +584,7 @@ pub async fn build(
             replayed: o.recovery.replays.get(r).cloned(),
             alarms_fired: fired,
             alarms_evaluated: evaluated,
+            alarms_not_evaluated: not_evaluated,
         });
         for src in REGIONS.iter().filter(|s| **s != r) {
             let pair = |d: &&Value| d["SourceRegion"] == *src && d["DestinationRegion"] == r;
@@ -593,8 +674,13 @@ pub fn print(r: &Report) {
     for g in &r.regions {
         println!("{}:", g.region);
         println!(
-            "  changes {}; reads {} ({} cache hits); invalidation keys published {}, applied {}",
-            g.changes, g.reads, g.cache_hits, g.invalidations_published, g.invalidations_applied
+            "  changes {}; reads {} ({} cache hits, {} late SETs); invalidation keys published {}, applied {}",
+            g.changes,
+            g.reads,
+            g.cache_hits,
+            g.late_sets,
+            g.invalidations_published,
+            g.invalidations_applied
         );
         println!(
             "  cached keys {}, stale keys {}{}; lost records {}{}",
@@ -638,6 +724,22 @@ pub fn print(r: &Report) {
         }
         if g.alarms_fired.is_empty() {
             println!("  alarms: none of {} fired", g.alarms_evaluated);
+        }
+        if !g.alarms_not_evaluated.is_empty() {
+            println!(
+                "  alarms evaluated: {} on the functions' metrics; not evaluated: {} on AWS metrics the emulators do not publish ({})",
+                g.alarms_evaluated,
+                g.alarms_not_evaluated.values().sum::<usize>(),
+                g.alarms_not_evaluated
+                    .iter()
+                    .map(|(m, n)| if *n > 1 {
+                        format!("{m} ×{n}")
+                    } else {
+                        m.clone()
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         for a in &g.alarms_fired {
             let t: Vec<String> = a

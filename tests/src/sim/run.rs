@@ -21,8 +21,8 @@ const EU: &str = "eu-west-1";
 /// Replication delay per direction.
 pub const DELAY_US_TO_EU: Duration = Duration::from_millis(300);
 pub const DELAY_EU_TO_US: Duration = Duration::from_millis(700);
-/// The delayed second delete (`SecondDeleteDelaySeconds`).
-pub const SECOND_DELETE_S: u32 = 2;
+/// The queues' visibility timeout, scaled down from the template's 361 s.
+pub const SQS_RETRY_AFTER_S: u32 = 1;
 /// Poison records / garbage messages per malformed burst.
 const MALFORMED_BURST: usize = 5;
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -68,6 +68,8 @@ struct Sim {
     items: usize,
     objects: usize,
     version: u64,
+    /// The last `updated_at_ms` written.
+    last_written_ms: u64,
     /// Changes to one key within this window stay in the region that made the last one
     /// (only the explicit concurrent pairs cross).
     sticky_ms: u64,
@@ -84,6 +86,10 @@ impl Sim {
         eu: bool,
         concurrent: bool,
     ) -> Result<()> {
+        // Write times strictly increase (the pair written in both regions at once never
+        // ties, so last-writer-wins has one answer: the later write).
+        let written_ms = crate::now_ms().max(self.last_written_ms + 1);
+        self.last_written_ms = written_ms;
         let mut req = self
             .w
             .region(region)
@@ -93,7 +99,7 @@ impl Sim {
             .table_name(&self.w.table)
             .item("pk", A::S(pk.to_owned()))
             .item("email", A::S(email.to_owned()))
-            .item("updated_at_ms", A::N(crate::now_ms().to_string()))
+            .item("updated_at_ms", A::N(written_ms.to_string()))
             .item("origin_region", A::S(region.to_owned()));
         if eu {
             req = req.item("home_region", A::S("eu".to_owned()));
@@ -101,7 +107,8 @@ impl Sim {
         req.send()
             .await
             .with_context(|| format!("put item {pk} in {region}"))?;
-        self.ledger.record(
+        self.ledger.record_at(
+            written_ms,
             region,
             concurrent,
             Change::Put {
@@ -402,20 +409,28 @@ pub async fn run(args: &Args) -> Result<report::Report> {
     let mut w = World::start(Options {
         mode,
         residency: true,
-        second_delete_delay: Some(SECOND_DELETE_S),
+        second_delete_delay: (args.second_delete_s > 0).then_some(args.second_delete_s),
         ..Options::default()
     })
     .await?;
     w.set_replication_delay(US, EU, DELAY_US_TO_EU);
     w.set_replication_delay(EU, US, DELAY_EU_TO_US);
+    // On AWS a failed message returns after the queue's visibility timeout (361 s);
+    // scaled down here so that a fault's window spans a message's five receives.
+    w.set_sqs_retry_after(SQS_RETRY_AFTER_S);
     let config = tidemark::config::Config::load(&w.config_path)?;
     let canaries = world_canaries(&w, &config, None).await;
     println!(
-        "  world {} deployed in {:.1}s; replication delay us-east-1->eu-west-1 {:?}, eu-west-1->us-east-1 {:?}",
+        "  world {} deployed in {:.1}s; replication delay us-east-1->eu-west-1 {:?}, eu-west-1->us-east-1 {:?}; delayed second delete {}",
         w.id,
         started.elapsed().as_secs_f64(),
         DELAY_US_TO_EU,
-        DELAY_EU_TO_US
+        DELAY_EU_TO_US,
+        if args.second_delete_s > 0 {
+            format!("{} s", args.second_delete_s)
+        } else {
+            "off".to_owned()
+        }
     );
 
     let mut rng = Rng::new(args.seed);
@@ -432,6 +447,7 @@ pub async fn run(args: &Args) -> Result<report::Report> {
         items: args.items,
         objects: (args.items / 2).max(6),
         version: 0,
+        last_written_ms: 0,
         sticky_ms: 3_000 + DELAY_EU_TO_US.as_millis() as u64 + (pause_s * 1000.0) as u64,
         injected_poison: Vec::new(),
         injected_garbage: Vec::new(),
@@ -500,12 +516,13 @@ pub async fn run(args: &Args) -> Result<report::Report> {
             let active = faults.active();
             let reads = readers.counts();
             println!(
-                "  [{elapsed:6.1}s] changes {} (us-east-1 {}, eu-west-1 {}), reads {}, cache hits {}, faults: {}",
+                "  [{elapsed:6.1}s] changes {} (us-east-1 {}, eu-west-1 {}), reads {}, cache hits {}, late SETs {}, faults: {}",
                 sim.ledger.entries.len(),
                 sim.ledger.count(US),
                 sim.ledger.count(EU),
                 reads.values().map(|c| c.0).sum::<u64>(),
                 reads.values().map(|c| c.1).sum::<u64>(),
+                reads.values().map(|c| c.2).sum::<u64>(),
                 if active.is_empty() {
                     "none".to_owned()
                 } else {
@@ -528,7 +545,7 @@ pub async fn run(args: &Args) -> Result<report::Report> {
         println!("  runbook: {line}");
     }
     // The delayed second deletes of the last changes, then quiet.
-    tokio::time::sleep(Duration::from_secs(u64::from(SECOND_DELETE_S) + 1)).await;
+    tokio::time::sleep(Duration::from_secs(u64::from(args.second_delete_s) + 1)).await;
     sim.w
         .settle_with(Stages::ALL, Duration::from_secs(120))
         .await?;
