@@ -53,6 +53,34 @@ pub async fn world_canaries(
         .collect()
 }
 
+/// One tick of every canary, its EMF documents added to `docs` per region.
+pub async fn tick_all(
+    canaries: &[Canary],
+    docs: &mut std::collections::HashMap<String, Vec<Value>>,
+) -> Result<()> {
+    for c in canaries {
+        docs.entry(c.region.clone())
+            .or_default()
+            .extend(tick_docs(c).await?);
+    }
+    Ok(())
+}
+
+/// One tick of every canary after a round whose documents are dropped and the replication
+/// of its heartbeats: what the canaries see when their peers' heartbeats are current (the
+/// first and the last tick of a run, which would otherwise read a peer's missing or
+/// minutes-old heartbeat and report staleness or a down peer that the schedule, not the
+/// system, made).
+pub async fn tick_settled(
+    w: &mut World,
+    canaries: &[Canary],
+    docs: &mut std::collections::HashMap<String, Vec<Value>>,
+) -> Result<()> {
+    tick_all(canaries, &mut Default::default()).await?;
+    w.settle().await?;
+    tick_all(canaries, docs).await
+}
+
 /// One tick of `canary`; its EMF documents.
 pub async fn tick_docs(canary: &Canary) -> Result<Vec<Value>> {
     let mut m = tidemark::metrics::Metrics::new("Tidemark");

@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::AttributeValue as A;
 use serde_json::{Value, json};
 
 use super::args::Args;
-use super::canary::{tick_docs, world_canaries};
+use super::canary::{tick_all, tick_settled, world_canaries};
 use super::faults::{self, Fault, Planned};
 use super::ledger::{Change, Ledger};
 use super::report::{self, FaultWindow, Outcome};
@@ -470,13 +470,7 @@ pub async fn run(args: &Args) -> Result<report::Report> {
 
     // A first heartbeat in each region before the clock of the report starts.
     let mut canary_docs: HashMap<String, Vec<Value>> = HashMap::new();
-    for c in &canaries {
-        canary_docs
-            .entry(c.region.clone())
-            .or_default()
-            .extend(tick_docs(c).await?);
-    }
-    sim.w.settle().await?;
+    tick_settled(&mut sim.w, &canaries, &mut canary_docs).await?;
     let run_start_ms = crate::now_ms();
     let readers = super::readers::Readers::start(&sim.w, sim.items, sim.objects, args.seed).await?;
     let workload = Instant::now();
@@ -503,12 +497,7 @@ pub async fn run(args: &Args) -> Result<report::Report> {
         sim.w.step(Stages::ALL).await?;
         if last_canary.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
             last_canary = Some(Instant::now());
-            for c in &canaries {
-                canary_docs
-                    .entry(c.region.clone())
-                    .or_default()
-                    .extend(tick_docs(c).await?);
-            }
+            tick_all(&canaries, &mut canary_docs).await?;
             sim.w.sample_dlq_depths().await?;
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {
@@ -549,12 +538,7 @@ pub async fn run(args: &Args) -> Result<report::Report> {
     sim.w
         .settle_with(Stages::ALL, Duration::from_secs(120))
         .await?;
-    for c in &canaries {
-        canary_docs
-            .entry(c.region.clone())
-            .or_default()
-            .extend(tick_docs(c).await?);
-    }
+    tick_settled(&mut sim.w, &canaries, &mut canary_docs).await?;
     sim.w.sample_dlq_depths().await?;
     let run_end_ms = crate::now_ms();
 
