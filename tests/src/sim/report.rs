@@ -18,6 +18,9 @@ pub struct FaultWindow {
     pub detail: String,
     pub start_ms: u64,
     pub end_ms: Option<u64>,
+    /// What the fault did, as the run measured it (a fault that did nothing tested
+    /// nothing: the report says so).
+    pub evidence: Option<String>,
 }
 
 /// What `tidemark replay --apply` did in a region.
@@ -441,7 +444,7 @@ pub async fn build(
     w: &World,
     ledger: &Ledger,
     canary_docs: &HashMap<String, Vec<Value>>,
-    o: Outcome,
+    mut o: Outcome,
 ) -> Result<Report> {
     // Records lost: every change applied in both replicas (or dead-lettered).
     let mut lost: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -619,6 +622,10 @@ pub async fn build(
         all_series.extend(series(r, &docs));
         page_docs.push((r.to_owned(), docs));
     }
+    let mut faults = std::mem::take(&mut o.fault_windows);
+    for f in &mut faults {
+        f.evidence = Some(evidence(&f.fault, &page_docs, &o, malformed_found));
+    }
     Ok(Report {
         pass: total_stale == 0 && total_lost == 0,
         seed: o.args.seed,
@@ -632,7 +639,7 @@ pub async fn build(
         changes: ledger.entries.len(),
         stale_keys: total_stale,
         lost_records: total_lost,
-        faults: o.fault_windows,
+        faults,
         crashes: o.crashes,
         malformed_injected: o.injected_poison.len() + o.injected_garbage.len(),
         malformed_dead_lettered: malformed_found,
@@ -642,6 +649,67 @@ pub async fn build(
         series: all_series,
         dashboard: super::page::Dashboard::build(w, &page_docs)?,
     })
+}
+
+/// What a fault did, from the functions' metrics and the harness: one count, and "left no
+/// trace" when it is zero (a window too short to meet any traffic).
+fn evidence(
+    fault: &str,
+    docs: &[(String, Vec<Value>)],
+    o: &Outcome,
+    malformed_found: usize,
+) -> String {
+    let of = |region: Option<&str>, metric: &str| -> f64 {
+        docs.iter()
+            .filter(|(r, _)| region.is_none_or(|x| x == r))
+            .map(|(_, d)| sum(d, metric))
+            .sum::<f64>()
+            + 0.0
+    };
+    let (n, what) = match fault {
+        "cache-refused" => (
+            of(Some(REGIONS[0]), "CacheFailures"),
+            "failed cache calls in us-east-1 (CacheFailures)".to_owned(),
+        ),
+        "sns-refused" => (
+            of(None, "PublishFailures"),
+            "refused publishes (PublishFailures)".to_owned(),
+        ),
+        "replication-paused" => {
+            let max = docs
+                .iter()
+                .filter(|(r, _)| r == REGIONS[1])
+                .flat_map(|(_, d)| d.iter())
+                .filter(|d| d["SourceRegion"] == REGIONS[0])
+                .flat_map(|d| values(d, "ReplicationLag"))
+                .fold(0.0, f64::max);
+            (
+                max,
+                "ms of replication lag us-east-1 → eu-west-1 at most".to_owned(),
+            )
+        }
+        "malformed" => (
+            malformed_found as f64,
+            "malformed records dead-lettered".to_owned(),
+        ),
+        "function-crash" => (
+            o.crashes.values().sum::<usize>() as f64,
+            "invocations crashed".to_owned(),
+        ),
+        "s3-replication-failed" => (
+            of(None, "ReplicationFailures"),
+            format!(
+                "OperationFailedReplication events counted (ReplicationFailures); {} version(s) replicated again by S3 Batch Replication",
+                o.recovery.batch_replicated
+            ),
+        ),
+        _ => return "-".to_owned(),
+    };
+    if n > 0.0 {
+        format!("{n:.0} {what}")
+    } else {
+        format!("left no trace: 0 {what}")
+    }
 }
 
 fn opt(v: Option<f64>) -> String {
@@ -667,6 +735,9 @@ pub fn print(r: &Report) {
             f.end_ms.map_or(f64::NAN, secs),
             f.detail
         );
+        if let Some(e) = &f.evidence {
+            println!("  {:<19} {:>17}  → {e}", "", "");
+        }
     }
     for (f, n) in r.crashes.iter().filter(|(_, n)| **n > 0) {
         println!("  {f}: {n} invocation(s) crashed mid-batch, each retried in a fresh process");

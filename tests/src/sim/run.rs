@@ -261,7 +261,9 @@ impl FaultRunner {
         for i in 0..self.plan.len() {
             let p = self.plan[i].clone();
             let len = p.end_s - p.start_s;
-            if self.state[i] == 0 && elapsed_s >= p.start_s && !end_all {
+            // One fault at a time: a fault that started late (a slow round) delays the next.
+            let previous_ended = self.state[..i].iter().all(|s| *s == 3);
+            if self.state[i] == 0 && elapsed_s >= p.start_s && previous_ended && !end_all {
                 self.state[i] = 1;
                 self.started_s[i] = elapsed_s;
                 let detail = start(sim, p.fault).await?;
@@ -274,6 +276,7 @@ impl FaultRunner {
                     detail,
                     start_ms: crate::now_ms(),
                     end_ms: None,
+                    evidence: None,
                 });
             }
             if self.state[i] == 1
@@ -526,6 +529,17 @@ pub async fn run(args: &Args) -> Result<report::Report> {
     println!("\n== ending faults, letting replication and invalidation converge ==");
     let elapsed = workload.elapsed().as_secs_f64();
     faults.advance(&mut sim, elapsed, true).await?;
+    for (p, _) in faults
+        .plan
+        .iter()
+        .zip(&faults.state)
+        .filter(|(_, s)| **s == 0)
+    {
+        println!(
+            "  fault {} did not start: the faults before it ran late and the workload ended first",
+            p.fault.name()
+        );
+    }
     sim.w
         .settle_with(Stages::ALL, Duration::from_secs(180))
         .await?;
