@@ -665,10 +665,7 @@ pub fn expected(page: &str) -> Result<Expected> {
     let json = &page[start..];
     let json = &json[json.find('>').unwrap_or(0) + 1..json.find("</script>").unwrap_or(0)];
     let v: Value = serde_json::from_str(json).context("#page-data is not JSON")?;
-    let alarms: Vec<(String, usize)> = v["alarms"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let alarms: Vec<(String, usize)> = items(&v["alarms"])
         .map(|a| {
             (
                 a["metric"].as_str().unwrap_or("").to_owned(),
@@ -678,11 +675,8 @@ pub fn expected(page: &str) -> Result<Expected> {
         .collect();
     let mut widgets = Vec::new();
     let mut widget_annotations = Vec::new();
-    for w in v["widgets"].as_array().into_iter().flatten() {
-        let series = w["series"]
-            .as_array()
-            .into_iter()
-            .flatten()
+    for w in items(&v["widgets"]) {
+        let series = items(&w["series"])
             .map(|s| {
                 (
                     s["label"].as_str().unwrap_or("").to_owned(),
@@ -691,12 +685,7 @@ pub fn expected(page: &str) -> Result<Expected> {
             })
             .filter(|(_, n)| *n > 0)
             .collect();
-        let metrics: Vec<&str> = w["metrics"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let metrics: Vec<&str> = items(&w["metrics"]).filter_map(Value::as_str).collect();
         widget_annotations.push(
             alarms
                 .iter()
@@ -707,10 +696,7 @@ pub fn expected(page: &str) -> Result<Expected> {
         widgets.push(ExpectedWidget {
             title: w["title"].as_str().unwrap_or("").to_owned(),
             series,
-            missing: w["missing"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            missing: items(&w["missing"])
                 .filter_map(Value::as_str)
                 .map(str::to_owned)
                 .collect(),
@@ -722,6 +708,11 @@ pub fn expected(page: &str) -> Result<Expected> {
         widget_annotations,
         transitions: alarms.iter().map(|(_, n)| n).sum(),
     })
+}
+
+/// The elements of a JSON array (none when `v` is not one).
+fn items(v: &Value) -> impl Iterator<Item = &Value> {
+    v.as_array().into_iter().flatten()
 }
 
 /// Widgets the browser check treats leniently, by title (each must be a template widget).
