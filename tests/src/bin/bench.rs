@@ -112,7 +112,8 @@ async fn runtime() -> Result<()> {
     Ok(())
 }
 
-async fn cache() -> Result<()> {
+/// us-east-1's local redis-server: its URL and the cache adapter on it (plain, no auth).
+fn local_cache() -> Result<(String, Arc<RedisCache>)> {
     let emu = Emulators::from_env()?;
     let url = emu.redis_url("us-east-1").to_owned();
     let cache = Arc::new(RedisCache::new(CacheSettings {
@@ -122,6 +123,11 @@ async fn cache() -> Result<()> {
         username: None,
         auth: tidemark::adapters::cache::CacheAuth::None,
     }));
+    Ok((url, cache))
+}
+
+async fn cache() -> Result<()> {
+    let (url, cache) = local_cache()?;
     let client = redis::Client::open(url.as_str())?;
     let mut con = client.get_multiplexed_async_connection().await?;
     let prefix = format!("bench{}:", std::process::id());
@@ -218,15 +224,7 @@ fn invalidation_event(
 
 async fn invalidator() -> Result<()> {
     use tidemark::lambda::BatchHandler;
-    let emu = Emulators::from_env()?;
-    let url = emu.redis_url("us-east-1").to_owned();
-    let cache = Arc::new(RedisCache::new(CacheSettings {
-        url: url.clone(),
-        cluster: false,
-        ca_pem: None,
-        username: None,
-        auth: tidemark::adapters::cache::CacheAuth::None,
-    }));
+    let (url, cache) = local_cache()?;
     let handler = tidemark::app::invalidator::Invalidator {
         namespace: "Tidemark".into(),
         cache,
